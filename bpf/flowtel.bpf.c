@@ -1,0 +1,660 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * flowtel's kernel side: per-connection TCP statistics folded into flow pairs.
+ *
+ * Cost model (see ../shared/kernel-notes.md): no per-socket memory for short connections and no
+ * ring buffer. A socket's counters are folded into a per-CPU hash keyed by flow pair when it
+ * closes; retransmits and RTOs are folded when they happen; only sockets that live across a
+ * periodic iter/tcp walk get per-socket storage, which records what was already reported.
+ *
+ * The pair map is double-buffered through a one-slot ARRAY_OF_MAPS: user space swaps the inner
+ * map (the kernel waits for an RCU grace period on that update), then drains the inactive one.
+ * No update can race the drain, so every fold lands in exactly one interval.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include "flowtel.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define ECONNRESET 104
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+#define EPIPE 32
+#define EHOSTUNREACH 113
+#define ENETUNREACH 101
+
+/* Callback flags every socket we track gets. RTO and RETRANS fire only on loss events: they
+ * give the exact phase of each retransmit without per-socket memory. STATE fires on every
+ * state change (about 7 calls per connection, both ends) and is where the close fold happens. */
+#define FLOWTEL_CB_TRACKED \
+	(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG)
+/* Marks a socket as the client end, for free: this callback only fires for packets that carry a
+ * TCP option the kernel does not know, which normal traffic never does. */
+#define FLOWTEL_CB_CLIENT_MARK BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG
+
+/* Knobs, set by user space before load. */
+const volatile bool flowtel_per_ack_rtt = false;
+/* 0: every socket; otherwise the walk keeps only sockets below this cgroup (sock_ops is already
+ * scoped by its attach point). */
+const volatile __u64 flowtel_cgroup_id = 0;
+const volatile __u32 flowtel_cgroup_level = 0;
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct flowtel_pairs_inner {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 8192);
+	__type(key, struct flowtel_pair_key);
+	__type(value, struct flowtel_pair_stats);
+} pairs_a SEC(".maps"), pairs_b SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct flowtel_pairs_inner);
+} pairs_active SEC(".maps") = {
+	.values = { &pairs_a },
+};
+
+/* Folds that found the pair map full: cumulative, never drained. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flowtel_pair_stats);
+} overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOWTEL_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Client connects in flight, keyed by socket cookie. Entries live from connect() until the
+ * handshake ends either way. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct flowtel_handshake);
+} handshakes SEC(".maps");
+
+/* One entry per live socket that a walk has seen; freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct flowtel_sock_reported);
+} sock_reported SEC(".maps");
+
+/* Listening ports seen earlier in the current walk, to give sockets that predate the agent a
+ * role. Cleared by user space after every walk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct flowtel_listener_key);
+	__type(value, __u8);
+} listeners SEC(".maps");
+
+/* Source of zeroes for new pair entries: the value is too large for the BPF stack. */
+const struct flowtel_pair_stats flowtel_zero_stats = {};
+
+/* Gives the skeleton Rust types for the structs that no map names as key or value. */
+struct flowtel_sock_reported flowtel_type_sock_reported = {};
+struct flowtel_listener_key flowtel_type_listener_key = {};
+enum flowtel_counter flowtel_type_counter = FLOWTEL_COUNTERS;
+enum flowtel_failure flowtel_type_failure = FLOWTEL_FAILURES;
+enum flowtel_phase flowtel_type_phase = FLOWTEL_PHASES;
+enum flowtel_role flowtel_type_role = FLOWTEL_ROLE_CLIENT;
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &counter);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline struct flowtel_pair_stats *overflow_stats(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&overflow, &zero);
+}
+
+/* Lookup-or-insert in the active pair map; the overflow bucket when it is full. */
+static __always_inline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
+{
+	struct flowtel_pair_stats *stats;
+	__u32 zero = 0;
+	void *pairs;
+
+	pairs = bpf_map_lookup_elem(&pairs_active, &zero);
+	if (!pairs)
+		return overflow_stats();
+	stats = bpf_map_lookup_elem(pairs, key);
+	if (stats)
+		return stats;
+	/* -EEXIST means another context inserted it first: fine, look it up again. */
+	bpf_map_update_elem(pairs, key, &flowtel_zero_stats, BPF_NOEXIST);
+	stats = bpf_map_lookup_elem(pairs, key);
+	if (stats)
+		return stats;
+	count(FLOWTEL_CTR_PAIR_MAP_FULL);
+	return overflow_stats();
+}
+
+/* ceil(log2(v)) clamped to the bucket range: bucket k holds (2^(k-1), 2^k]. */
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v <= 1)
+		return 0;
+	v -= 1;
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) { r += 1; }
+	r += 1;
+	return r < FLOWTEL_HIST_BUCKETS ? r : FLOWTEL_HIST_BUCKETS - 1;
+}
+
+static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
+{
+	__u32 rtt_us = srtt_us_x8 >> 3;
+
+	if (!srtt_us_x8)
+		return;
+	__sync_fetch_and_add(&s->rtt_count, 1);
+	__sync_fetch_and_add(&s->rtt_sum_us, rtt_us);
+	__sync_fetch_and_add(&s->rtt_hist[log2_bucket(rtt_us)], 1);
+}
+
+static __always_inline bool is_v4_mapped(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Fills a zeroed key. Addresses arrive as four network-order words each. */
+static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family, const __u32 l6[4],
+				      const __u32 r6[4], __u32 l4, __u32 r4, __u16 lport,
+				      __u16 rport, __u8 role)
+{
+	if (family == AF_INET6 && !(is_v4_mapped(l6) && is_v4_mapped(r6))) {
+		key->family = 6;
+		__builtin_memcpy(key->local_addr, l6, 16);
+		__builtin_memcpy(key->remote_addr, r6, 16);
+	} else {
+		key->family = 4;
+		if (family == AF_INET6) {
+			l4 = l6[3];
+			r4 = r6[3];
+		}
+		__builtin_memcpy(key->local_addr, &l4, 4);
+		__builtin_memcpy(key->remote_addr, &r4, 4);
+	}
+	key->role = role;
+	key->service_port = role == FLOWTEL_ROLE_CLIENT ? rport : lport;
+}
+
+static __always_inline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,
+					      __u8 role)
+{
+	__u32 l6[4], r6[4], family, l4, r4, lport, rport;
+
+	/* One constant-offset ctx load per field, pinned, before any branch: clang would otherwise
+	 * merge the v4/v6 loads into a computed ctx pointer, which the verifier rejects. */
+	family = ctx->family;
+	l4 = ctx->local_ip4;
+	r4 = ctx->remote_ip4;
+	l6[0] = ctx->local_ip6[0];
+	l6[1] = ctx->local_ip6[1];
+	l6[2] = ctx->local_ip6[2];
+	l6[3] = ctx->local_ip6[3];
+	r6[0] = ctx->remote_ip6[0];
+	r6[1] = ctx->remote_ip6[1];
+	r6[2] = ctx->remote_ip6[2];
+	r6[3] = ctx->remote_ip6[3];
+	lport = ctx->local_port;
+	rport = ctx->remote_port;
+	barrier_var(family);
+	barrier_var(l4);
+	barrier_var(r4);
+	barrier_var(lport);
+	barrier_var(rport);
+	/* local_port is host order; remote_port is network order in the upper half */
+	build_key(key, family, l6, r6, l4, r4, (__u16)lport, (__u16)bpf_ntohl(rport), role);
+}
+
+static __always_inline __u8 role_of_flags(__u32 cb_flags)
+{
+	return (cb_flags & FLOWTEL_CB_CLIENT_MARK) ? FLOWTEL_ROLE_CLIENT : FLOWTEL_ROLE_SERVER;
+}
+
+static __always_inline __u32 phase_of_state(__u32 state)
+{
+	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_SYN_RECV)
+		return FLOWTEL_PHASE_SYN;
+	if (state == BPF_TCP_ESTABLISHED)
+		return FLOWTEL_PHASE_ESTABLISHED;
+	return FLOWTEL_PHASE_CLOSE;
+}
+
+static __always_inline bool our_fin_sent(__u32 state)
+{
+	return state == BPF_TCP_FIN_WAIT1 || state == BPF_TCP_FIN_WAIT2 ||
+	       state == BPF_TCP_CLOSING || state == BPF_TCP_LAST_ACK || state == BPF_TCP_TIME_WAIT;
+}
+
+struct app_counts {
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 segs_sent;
+	__u64 segs_received;
+};
+
+/* Application bytes: the kernel's byte counters also count the SYN and FIN sequence slots.
+ * bytes_acked includes the client's own SYN and, once acked, our FIN; bytes_received includes
+ * the peer's FIN (SOCK_DONE marks that it arrived). */
+static __always_inline void app_counts(struct tcp_sock *tp, __u32 state, __u8 role,
+				       struct app_counts *out)
+{
+	__u64 acked = tp->bytes_acked;
+	__u64 received = tp->bytes_received;
+	unsigned long sk_flags = tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
+
+	if (role == FLOWTEL_ROLE_CLIENT && acked > 0)
+		acked -= 1;
+	if (our_fin_sent(state) && tp->snd_una == tp->write_seq && acked > 0)
+		acked -= 1;
+	if ((sk_flags & (1UL << SOCK_DONE)) && received > 0)
+		received -= 1;
+	out->bytes_sent = acked;
+	out->bytes_received = received;
+	out->segs_sent = tp->data_segs_out;
+	out->segs_received = tp->data_segs_in;
+}
+
+static __always_inline __u64 delta(__u64 now, __u64 *reported)
+{
+	__u64 d = 0;
+
+	if (now > *reported) {
+		d = now - *reported;
+		*reported = now;
+	}
+	return d;
+}
+
+static __always_inline void add_counts(struct flowtel_pair_stats *s, const struct app_counts *c)
+{
+	if (c->bytes_sent)
+		__sync_fetch_and_add(&s->bytes_sent, c->bytes_sent);
+	if (c->bytes_received)
+		__sync_fetch_and_add(&s->bytes_received, c->bytes_received);
+	if (c->segs_sent)
+		__sync_fetch_and_add(&s->segs_sent, c->segs_sent);
+	if (c->segs_received)
+		__sync_fetch_and_add(&s->segs_received, c->segs_received);
+}
+
+static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+static __always_inline void set_owner(struct flowtel_pair_stats *s, const struct flowtel_handshake *h)
+{
+	s->pid = h->pid;
+	__builtin_memcpy(s->comm, h->comm, sizeof(s->comm));
+}
+
+static __always_inline void on_connect(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_handshake h = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	/* connect() runs in the calling process: the one moment the owner is known for free. */
+	h.start_ns = bpf_ktime_get_ns();
+	h.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(h.comm, sizeof(h.comm));
+	if (bpf_map_update_elem(&handshakes, &cookie, &h, BPF_ANY))
+		count(FLOWTEL_CTR_HANDSHAKE_MAP_FULL);
+	bpf_sock_ops_cb_flags_set(ctx, FLOWTEL_CB_TRACKED | FLOWTEL_CB_CLIENT_MARK |
+					       (flowtel_per_ack_rtt ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
+}
+
+static __always_inline void on_active_established(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct flowtel_handshake *h;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
+	s = pair_stats(&key);
+	if (!s)
+		return;
+	__sync_fetch_and_add(&s->conn_established, 1);
+	h = bpf_map_lookup_elem(&handshakes, &cookie);
+	if (h) {
+		__u64 us = (bpf_ktime_get_ns() - h->start_ns) / 1000;
+
+		__sync_fetch_and_add(&s->connect_count, 1);
+		__sync_fetch_and_add(&s->connect_sum_us, us);
+		__sync_fetch_and_add(&s->connect_hist[log2_bucket(us)], 1);
+		set_owner(s, h);
+		bpf_map_delete_elem(&handshakes, &cookie);
+	}
+}
+
+static __always_inline void on_passive_established(struct bpf_sock_ops *ctx)
+{
+	__u32 syn_retrans = ctx->total_retrans;
+
+	bpf_sock_ops_cb_flags_set(ctx, FLOWTEL_CB_TRACKED |
+					       (flowtel_per_ack_rtt ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
+	/* SYN-ACK retransmits happened on the request socket, before any callback could fire:
+	 * the child inherits them in total_retrans. Rare, so the fold is only paid then. */
+	if (syn_retrans) {
+		struct flowtel_pair_key key = {};
+		struct flowtel_pair_stats *s;
+		struct bpf_sock *bsk = ctx->sk;
+		struct tcp_sock *tp;
+
+		key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_SERVER);
+		s = pair_stats(&key);
+		if (!s)
+			return;
+		__sync_fetch_and_add(&s->retrans[FLOWTEL_PHASE_SYN], syn_retrans);
+		tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+		if (tp && bpf_core_field_exists(tp->total_rto) && tp->total_rto)
+			__sync_fetch_and_add(&s->rto[FLOWTEL_PHASE_SYN], tp->total_rto);
+	}
+}
+
+static __always_inline void on_retrans(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	__u32 segs = ctx->args[1];
+	__u32 err = ctx->args[2];
+	__u32 state = ctx->state;
+	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+
+	/* the kernel counts a retransmit only when it was handed to the device */
+	if (err)
+		return;
+	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
+	s = pair_stats(&key);
+	if (s)
+		__sync_fetch_and_add(&s->retrans[phase_of_state(state) % FLOWTEL_PHASES], segs);
+}
+
+static __always_inline void on_rto(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	__u32 expired = ctx->args[2];
+	__u32 state = ctx->state;
+	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+
+	/* an expired socket gives up instead of retransmitting: the kernel counts no timeout */
+	if (expired)
+		return;
+	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
+	s = pair_stats(&key);
+	if (s)
+		__sync_fetch_and_add(&s->rto[phase_of_state(state) % FLOWTEL_PHASES], 1);
+}
+
+static __always_inline void on_rtt(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	__u32 srtt = ctx->srtt_us;
+	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+
+	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
+	s = pair_stats(&key);
+	if (s)
+		add_rtt(s, srtt);
+}
+
+static __always_inline __u32 failure_of(int sk_err)
+{
+	switch (sk_err) {
+	case ECONNREFUSED:
+		return FLOWTEL_FAIL_REFUSED;
+	case ECONNRESET:
+	case EPIPE:
+		return FLOWTEL_FAIL_RESET;
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return FLOWTEL_FAIL_UNREACHABLE;
+	default:
+		/* ETIMEDOUT, or the application gave up before any answer came back */
+		return FLOWTEL_FAIL_TIMEOUT;
+	}
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_sock_reported *rep;
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct app_counts c = {};
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u32 old_state = ctx->args[0];
+	__u32 srtt = ctx->srtt_us;
+	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+	__u8 role = role_of_flags(cb_flags);
+	int sk_err;
+
+	bsk = ctx->sk;
+	if (!bsk)
+		return;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp) {
+		count(FLOWTEL_CTR_NO_TCP_SOCK);
+		return;
+	}
+	sk = (struct sock *)tp;
+	key_from_sock_ops(ctx, &key, role);
+	s = pair_stats(&key);
+	if (!s)
+		return;
+	s->cgroup_id = sock_cgroup_id(sk);
+	sk_err = tp->inet_conn.icsk_inet.sk.sk_err;
+
+	if (old_state == BPF_TCP_SYN_SENT || old_state == BPF_TCP_SYN_RECV) {
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		struct flowtel_handshake *h = bpf_map_lookup_elem(&handshakes, &cookie);
+
+		__sync_fetch_and_add(&s->conn_failed[failure_of(sk_err) % FLOWTEL_FAILURES], 1);
+		if (h) {
+			set_owner(s, h);
+			bpf_map_delete_elem(&handshakes, &cookie);
+		}
+		return;
+	}
+
+	app_counts(tp, old_state, role, &c);
+	rep = bpf_sk_storage_get(&sock_reported, sk, 0, 0);
+	if (rep) {
+		c.bytes_sent = delta(c.bytes_sent, &rep->bytes_sent);
+		c.bytes_received = delta(c.bytes_received, &rep->bytes_received);
+		c.segs_sent = delta(c.segs_sent, &rep->segs_sent);
+		c.segs_received = delta(c.segs_received, &rep->segs_received);
+	}
+	add_counts(s, &c);
+	add_rtt(s, srtt);
+	if (role == FLOWTEL_ROLE_SERVER && !(rep && rep->established_counted))
+		__sync_fetch_and_add(&s->conn_established, 1);
+	/* A normal close passes through the FIN states; an abort or a received RST goes straight
+	 * from ESTABLISHED or CLOSE_WAIT, or leaves an error on the socket. */
+	if (sk_err || old_state == BPF_TCP_ESTABLISHED || old_state == BPF_TCP_CLOSE_WAIT)
+		__sync_fetch_and_add(&s->conn_reset, 1);
+	else
+		__sync_fetch_and_add(&s->conn_closed, 1);
+}
+
+SEC("sockops")
+int flowtel_sockops(struct bpf_sock_ops *ctx)
+{
+	__u32 op = ctx->op;
+
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(ctx);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active_established(ctx);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(ctx);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ctx->args[1] == BPF_TCP_CLOSE)
+			on_close(ctx);
+		break;
+	case BPF_SOCK_OPS_RETRANS_CB:
+		on_retrans(ctx);
+		break;
+	case BPF_SOCK_OPS_RTO_CB:
+		on_rto(ctx);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (flowtel_per_ack_rtt)
+			on_rtt(ctx);
+		break;
+	}
+	return 1;
+}
+
+static __always_inline bool in_target_cgroup(struct sock *sk)
+{
+	struct cgroup *cgrp, *ancestor = NULL;
+	__u32 level = flowtel_cgroup_level;
+
+	if (!flowtel_cgroup_id)
+		return true;
+	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	if (!cgrp || BPF_CORE_READ(cgrp, level) < (int)level)
+		return false;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level & 0xff]);
+	return ancestor && BPF_CORE_READ(ancestor, kn, id) == flowtel_cgroup_id;
+}
+
+/* Walks every TCP socket of the reader's network namespace (user space enters each one):
+ * keeps long-lived sockets current, samples their RTT, counts them as active. */
+SEC("iter/tcp")
+int flowtel_walk(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct flowtel_sock_reported *rep;
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct app_counts c = {};
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u32 cb_flags, l6[4], r6[4];
+	__u8 role, state;
+
+	if (!skc)
+		return 0;
+	state = skc->skc_state;
+	if (state == BPF_TCP_LISTEN) {
+		struct flowtel_listener_key lk = {
+			.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum),
+			.port = skc->skc_num,
+		};
+		__u8 one = 1;
+
+		if (bpf_map_update_elem(&listeners, &lk, &one, BPF_ANY))
+			count(FLOWTEL_CTR_LISTENER_MAP_FULL);
+		return 0;
+	}
+	if (state != BPF_TCP_ESTABLISHED && state != BPF_TCP_CLOSE_WAIT &&
+	    state != BPF_TCP_FIN_WAIT1 && state != BPF_TCP_FIN_WAIT2 &&
+	    state != BPF_TCP_CLOSING && state != BPF_TCP_LAST_ACK)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	if (!in_target_cgroup(sk))
+		return 0;
+
+	cb_flags = tp->bpf_sock_ops_cb_flags;
+	if ((cb_flags & FLOWTEL_CB_TRACKED) == FLOWTEL_CB_TRACKED) {
+		role = role_of_flags(cb_flags);
+	} else {
+		/* Opened before the agent: a listener on the local port makes it the server end. */
+		struct flowtel_listener_key lk = {
+			.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum),
+			.port = skc->skc_num,
+		};
+
+		role = bpf_map_lookup_elem(&listeners, &lk) ? FLOWTEL_ROLE_SERVER : FLOWTEL_ROLE_CLIENT;
+	}
+
+	BPF_CORE_READ_INTO(&l6, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
+	BPF_CORE_READ_INTO(&r6, skc, skc_v6_daddr.in6_u.u6_addr32);
+	build_key(&key, skc->skc_family, l6, r6, skc->skc_rcv_saddr, skc->skc_daddr, skc->skc_num,
+		  bpf_ntohs(skc->skc_dport), role);
+
+	rep = bpf_sk_storage_get(&sock_reported, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rep) {
+		/* nothing reported for it yet, so its close folds it whole: exact, only later */
+		count(FLOWTEL_CTR_SOCK_STORAGE_FAILED);
+		return 0;
+	}
+	count(FLOWTEL_CTR_WALK_SOCKETS);
+	s = pair_stats(&key);
+	if (!s)
+		return 0;
+
+	app_counts(tp, state, role, &c);
+	c.bytes_sent = delta(c.bytes_sent, &rep->bytes_sent);
+	c.bytes_received = delta(c.bytes_received, &rep->bytes_received);
+	c.segs_sent = delta(c.segs_sent, &rep->segs_sent);
+	c.segs_received = delta(c.segs_received, &rep->segs_received);
+	add_counts(s, &c);
+	add_rtt(s, tp->srtt_us);
+	__sync_fetch_and_add(&s->active, 1);
+	s->cgroup_id = sock_cgroup_id(sk);
+
+	if ((cb_flags & FLOWTEL_CB_TRACKED) != FLOWTEL_CB_TRACKED) {
+		/* no RETRANS/RTO callbacks on this socket: report its totals as deltas instead */
+		__u64 retrans = delta(tp->total_retrans, &rep->retrans);
+
+		if (retrans)
+			__sync_fetch_and_add(&s->retrans[FLOWTEL_PHASE_ESTABLISHED], retrans);
+		if (bpf_core_field_exists(tp->total_rto)) {
+			__u32 rto = tp->total_rto;
+
+			if (rto > rep->rto) {
+				__sync_fetch_and_add(&s->rto[FLOWTEL_PHASE_ESTABLISHED], rto - rep->rto);
+				rep->rto = rto;
+			}
+		}
+	}
+	if (!rep->established_counted) {
+		rep->established_counted = 1;
+		/* clients we saw connect were counted at ACTIVE_ESTABLISHED */
+		if (!(role == FLOWTEL_ROLE_CLIENT && (cb_flags & FLOWTEL_CB_TRACKED) == FLOWTEL_CB_TRACKED))
+			__sync_fetch_and_add(&s->conn_established, 1);
+	}
+	return 0;
+}

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The one definition of every type shared between the BPF programs and user space.
+ * Rust sees these through the skeleton's BTF-generated types; never mirror them by hand.
+ * Fields are ordered largest first so that no padding hides in the middle.
+ */
+#ifndef __FLOWTEL_H
+#define __FLOWTEL_H
+
+/* Log2 RTT/connect-duration buckets: bucket 0 holds 0..1 us, bucket k holds (2^(k-1), 2^k] us. */
+#define FLOWTEL_HIST_BUCKETS 32
+
+enum flowtel_role {
+	FLOWTEL_ROLE_CLIENT = 1,
+	FLOWTEL_ROLE_SERVER = 2,
+};
+
+enum flowtel_phase {
+	FLOWTEL_PHASE_SYN = 0,
+	FLOWTEL_PHASE_ESTABLISHED = 1,
+	FLOWTEL_PHASE_CLOSE = 2,
+	FLOWTEL_PHASES = 3,
+};
+
+enum flowtel_failure {
+	FLOWTEL_FAIL_REFUSED = 0,
+	FLOWTEL_FAIL_TIMEOUT = 1,
+	FLOWTEL_FAIL_RESET = 2,
+	FLOWTEL_FAIL_UNREACHABLE = 3,
+	FLOWTEL_FAILURES = 4,
+};
+
+/* Agent counters: a per-CPU array indexed by this enum, cumulative since load. */
+enum flowtel_counter {
+	/* a fold found the pair map full and went into the overflow bucket (nothing lost) */
+	FLOWTEL_CTR_PAIR_MAP_FULL = 0,
+	/* a connect start could not be recorded: that connection has no connect duration or owner */
+	FLOWTEL_CTR_HANDSHAKE_MAP_FULL = 1,
+	/* the walk could not create per-socket storage: that socket is folded whole at close */
+	FLOWTEL_CTR_SOCK_STORAGE_FAILED = 2,
+	/* a listener could not be remembered: a pre-existing socket may get role client */
+	FLOWTEL_CTR_LISTENER_MAP_FULL = 3,
+	/* sockets visited by the walk (established, in the target cgroup) */
+	FLOWTEL_CTR_WALK_SOCKETS = 4,
+	/* a close, retransmit or RTO callback could not resolve the tcp_sock (never expected) */
+	FLOWTEL_CTR_NO_TCP_SOCK = 5,
+	FLOWTEL_COUNTERS = 6,
+};
+
+/* A flow pair: connections collapsed by dropping the client's ephemeral port. */
+struct flowtel_pair_key {
+	__u8 local_addr[16];  /* IPv4 in the first 4 bytes, network order */
+	__u8 remote_addr[16];
+	__u16 service_port;   /* host order: the server's port */
+	__u8 family;          /* 4 or 6; v4-mapped IPv6 is folded to 4 */
+	__u8 role;            /* enum flowtel_role */
+};
+
+/* Deltas folded into a pair during one poll interval. */
+struct flowtel_pair_stats {
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 segs_sent;
+	__u64 segs_received;
+	__u64 retrans[FLOWTEL_PHASES];
+	__u64 rto[FLOWTEL_PHASES];
+	__u64 conn_established;
+	__u64 conn_closed;
+	__u64 conn_reset;
+	__u64 conn_failed[FLOWTEL_FAILURES];
+	__u64 connect_count;
+	__u64 connect_sum_us;
+	__u64 rtt_count;
+	__u64 rtt_sum_us;
+	/* established sockets seen by the walk that ended this interval (a gauge) */
+	__u64 active;
+	/* last writer wins: the owner seen most recently on this CPU */
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 connect_hist[FLOWTEL_HIST_BUCKETS];
+	__u32 rtt_hist[FLOWTEL_HIST_BUCKETS];
+	char comm[16];
+};
+
+/* A client connect in flight, keyed by socket cookie, from TCP_CONNECT_CB to its outcome. */
+struct flowtel_handshake {
+	__u64 start_ns;
+	__u32 pid;
+	char comm[16];
+};
+
+/* What the walk already reported for a live socket (sk_storage, created only by the walk). */
+struct flowtel_sock_reported {
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 segs_sent;
+	__u64 segs_received;
+	/* only for sockets our sock_ops never saw (opened before the agent): no RETRANS_CB on them */
+	__u64 retrans;
+	__u32 rto;
+	/* 1 once conn_established was counted for this socket */
+	__u32 established_counted;
+};
+
+struct flowtel_listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 pad;
+};
+
+#endif /* __FLOWTEL_H */

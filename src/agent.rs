@@ -1,0 +1,118 @@
+//! Wiring: runs the monitor on its own thread, stops it on SIGINT/SIGTERM. No flow logic here.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::monitor::Monitor;
+use crate::report::Snapshot;
+
+/// How often a sleeping poll loop checks for shutdown.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// `flowtel run`: poll until a signal arrives, logging a summary now and then.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_stop = Arc::clone(&stop);
+    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &loop_stop));
+    tokio::select! {
+        joined = &mut poller => return joined.context("poll loop panicked")?,
+        signal = shutdown_signal() => signal?,
+    }
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    poller.await.context("poll loop panicked")?
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+    let summary_every = Duration::from_secs(config.run.summary_interval_secs);
+    let mut last_summary = Instant::now();
+    while sleep_unless_stopped(config.poll_interval(), stop) {
+        let now = Instant::now();
+        if let Err(e) = monitor.poll(now) {
+            tracing::warn!(error = %e, "poll failed; retrying next interval");
+            continue;
+        }
+        if now.duration_since(last_summary) >= summary_every {
+            log_summary(&monitor);
+            last_summary = now;
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps `total` in small steps; false once `stop` is set.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + total;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(STOP_CHECK));
+    }
+}
+
+fn log_summary(monitor: &Monitor) {
+    let table = monitor.table();
+    let totals = table.totals();
+    let stats = monitor.stats();
+    tracing::info!(
+        pairs = table.len(),
+        bytes_sent = totals.bytes_sent,
+        bytes_received = totals.bytes_received,
+        retransmits = totals.retrans_total(),
+        timeouts = totals.rto_total(),
+        connections = totals.conn_established,
+        failed = totals.failed_total(),
+        pair_map_full = stats.counters.pair_map_full,
+        handshake_map_full = stats.counters.handshake_map_full,
+        last_poll_us = stats.last_poll_us,
+        "summary"
+    );
+    let mut pairs = table.pairs();
+    pairs.sort_by_key(|p| std::cmp::Reverse(p.counters.bytes_sent + p.counters.bytes_received));
+    for pair in pairs.into_iter().take(5) {
+        tracing::info!(
+            flow = %pair.key,
+            bytes_sent = pair.counters.bytes_sent,
+            bytes_received = pair.counters.bytes_received,
+            retransmits = pair.counters.retrans_total(),
+            active = pair.counters.active,
+            "top pair"
+        );
+    }
+}
+
+/// `flowtel snapshot`: sample for `seconds`, then return the table.
+pub fn snapshot(config: &Config, seconds: f64) -> anyhow::Result<Snapshot> {
+    let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds.max(0.0));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(config.poll_interval()));
+        monitor.poll(Instant::now())?;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    let cgroup = monitor.sampler().target().path.display().to_string();
+    Ok(Snapshot::new(monitor.table(), monitor.stats(), started.elapsed().as_secs_f64(), cgroup))
+}

@@ -1,0 +1,58 @@
+//! Command line: parses arguments and configuration, then hands plain config to the agent.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "flowtel", version, about = "TCP flow pairs from eBPF, exported as OpenTelemetry metrics")]
+pub struct Cli {
+    /// TOML configuration file (see config/flowtel.toml)
+    #[arg(long, global = true, env = "FLOWTEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: sample every poll interval and log a periodic summary
+    Run,
+    /// Sample for a while, then print the flow table
+    Snapshot {
+        /// How long to sample, in seconds
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print JSON (one object per flow pair plus the agent's counters)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(cli.config.as_deref(), std::env::vars())?)
+}
+
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Run => crate::agent::run(config).await,
+        Command::Snapshot { seconds, json } => {
+            if !(0.0..=86_400.0).contains(&seconds) {
+                anyhow::bail!("--seconds must be between 0 and 86400, got {seconds}");
+            }
+            let snapshot = tokio::task::spawn_blocking(move || crate::agent::snapshot(&config, seconds))
+                .await
+                .context("snapshot task panicked")??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot).context("encoding the snapshot")?);
+            } else {
+                print!("{}", snapshot.to_text());
+            }
+            Ok(())
+        }
+    }
+}

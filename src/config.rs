@@ -1,0 +1,229 @@
+//! Configuration in layers: built-in defaults, then the TOML file given with --config, then
+//! `FLOWTEL_*` environment variables (`FLOWTEL_SAMPLER__POLL_INTERVAL_MS=500`). Unknown keys are
+//! errors: a typo must not silently fall back to a default.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
+use crate::sampler::{SamplerConfig, DEFAULT_HANDSHAKE_MAP_CAPACITY, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
+
+const ENV_PREFIX: &str = "FLOWTEL_";
+/// FLOWTEL_ variables that are not configuration keys.
+const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
+
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_SUMMARY_INTERVAL_SECS: u64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (check the --config path)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sampler: SamplerSection,
+    pub flows: FlowsSection,
+    pub run: RunSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerSection {
+    /// cgroup-v2 directory to attach to; unset: the root of the hierarchy, detected.
+    pub cgroup_path: Option<PathBuf>,
+    /// Milliseconds between polls of the kernel counters.
+    pub poll_interval_ms: u64,
+    /// Distinct flow pairs per poll interval before folds go to the overflow bucket.
+    pub pair_map_capacity: u32,
+    /// Client connects in flight at once that get a connect duration.
+    pub handshake_map_capacity: u32,
+    /// Listening sockets remembered per walk.
+    pub listener_map_capacity: u32,
+    /// RTT sample on every ACK instead of at close and per walk (about 3x the BPF cost).
+    pub per_ack_rtt: bool,
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        Self {
+            cgroup_path: None,
+            poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            pair_map_capacity: DEFAULT_PAIR_MAP_CAPACITY,
+            handshake_map_capacity: DEFAULT_HANDSHAKE_MAP_CAPACITY,
+            listener_map_capacity: DEFAULT_LISTENER_MAP_CAPACITY,
+            per_ack_rtt: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsSection {
+    /// Seconds without traffic or a live connection before a pair is dropped.
+    pub idle_timeout_secs: u64,
+    /// Pairs kept in memory; beyond it new pairs fold into the overflow bucket.
+    pub max_pairs: usize,
+}
+
+impl Default for FlowsSection {
+    fn default() -> Self {
+        Self { idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(), max_pairs: DEFAULT_MAX_PAIRS }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Seconds between the summaries `flowtel run` logs.
+    pub summary_interval_secs: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { summary_interval_secs: DEFAULT_SUMMARY_INTERVAL_SECS }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file`, then the `FLOWTEL_*` variables of `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        // The same mapping as figment's Env provider (FLOWTEL_A__B=v sets a.b, values parsed the
+        // same way), over an explicit list so that loading stays testable without a process env.
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if ENV_NOT_CONFIG.contains(&key.as_str()) || key.is_empty() {
+                continue;
+            }
+            let value: figment::value::Value = raw.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
+            figment = figment.merge(Serialized::default(&key, value));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.sampler;
+        if s.poll_interval_ms < 100 {
+            return Err(ConfigError::Invalid(format!("sampler.poll_interval_ms = {} is below the minimum of 100", s.poll_interval_ms)));
+        }
+        for (name, value) in [
+            ("sampler.pair_map_capacity", s.pair_map_capacity),
+            ("sampler.handshake_map_capacity", s.handshake_map_capacity),
+            ("sampler.listener_map_capacity", s.listener_map_capacity),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if self.flows.max_pairs == 0 {
+            return Err(ConfigError::Invalid("flows.max_pairs must be at least 1".into()));
+        }
+        if self.run.summary_interval_secs == 0 {
+            return Err(ConfigError::Invalid("run.summary_interval_secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            cgroup_path: self.sampler.cgroup_path.clone(),
+            pair_map_capacity: self.sampler.pair_map_capacity,
+            handshake_map_capacity: self.sampler.handshake_map_capacity,
+            listener_map_capacity: self.sampler.listener_map_capacity,
+            per_ack_rtt: self.sampler.per_ack_rtt,
+        }
+    }
+
+    pub fn flow_table_config(&self) -> FlowTableConfig {
+        FlowTableConfig { idle_timeout: Duration::from_secs(self.flows.idle_timeout_secs), max_pairs: self.flows.max_pairs }
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.sampler.poll_interval_ms)
+    }
+}
+
+fn one_line(e: &figment::Error) -> String {
+    e.to_string().lines().collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write temp file");
+        f
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let config = Config::load(None, vars(&[])).expect("defaults load");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.poll_interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let f = file("[sampler]\npoll_interval_ms = 500\npair_map_capacity = 10\n[flows]\nmax_pairs = 7\n");
+        let env = vars(&[("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "250"), ("FLOWTEL_CONFIG", "ignored"), ("OTHER", "x")]);
+        let config = Config::load(Some(f.path()), env).expect("layers load");
+        assert_eq!(config.sampler.poll_interval_ms, 250);
+        assert_eq!(config.sampler.pair_map_capacity, 10);
+        assert_eq!(config.flows.max_pairs, 7);
+        assert_eq!(config.run, RunSection::default());
+    }
+
+    #[test]
+    fn the_documented_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flowtel.toml");
+        let config = Config::load(Some(&path), vars(&[])).expect("config/flowtel.toml loads");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_one_line_errors() {
+        let f = file("[sampler]\npoll_intervl_ms = 5\n");
+        let err = Config::load(Some(f.path()), vars(&[])).expect_err("typo rejected").to_string();
+        assert!(err.contains("poll_intervl_ms"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = Config::load(None, vars(&[("FLOWTEL_SAMPLER__NOPE", "1")])).expect_err("unknown env key").to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_and_missing_files_name_the_problem() {
+        let err = Config::load(None, vars(&[("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "fast")])).expect_err("not a number");
+        assert!(err.to_string().contains("poll_interval_ms"), "{err}");
+        let err = Config::load(None, vars(&[("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "5")])).expect_err("too small");
+        assert!(err.to_string().contains("minimum of 100"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/flowtel.toml")), vars(&[])).expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/flowtel.toml"), "{err}");
+    }
+}

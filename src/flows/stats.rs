@@ -1,0 +1,280 @@
+use serde::Serialize;
+
+/// Buckets of a [`Log2Histogram`]; the BPF side uses the same count (bpf/flowtel.h).
+pub const HIST_BUCKETS: usize = 32;
+
+/// Connection phase in which a retransmit or retransmission timeout happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Handshake: SYN or SYN-ACK.
+    Syn = 0,
+    Established = 1,
+    /// After either end sent its FIN.
+    Close = 2,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Syn, Phase::Established, Phase::Close];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Syn => "syn",
+            Phase::Established => "established",
+            Phase::Close => "close",
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The peer answered the SYN with a reset.
+    Refused = 0,
+    /// No answer before the kernel or the application gave up.
+    Timeout = 1,
+    /// Reset during the handshake.
+    Reset = 2,
+    /// An ICMP error: no route to the peer.
+    Unreachable = 3,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 4] =
+        [ConnectFailure::Refused, ConnectFailure::Timeout, ConnectFailure::Reset, ConnectFailure::Unreachable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Reset => "reset",
+            ConnectFailure::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A histogram of microsecond values in power-of-two buckets: bucket 0 holds 0..=1 us and
+/// bucket k holds (2^(k-1), 2^k] us, which is an OpenTelemetry base-2 exponential histogram at
+/// scale 0 with index k-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Log2Histogram {
+    pub count: u64,
+    pub sum_us: u64,
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+impl Log2Histogram {
+    /// Upper bound in microseconds of bucket `k`.
+    pub fn bucket_upper_us(k: usize) -> u64 {
+        if k == 0 {
+            1
+        } else {
+            1u64 << k.min(63)
+        }
+    }
+
+    /// The bucket a value falls into, as the BPF side computes it.
+    pub fn bucket_of(value_us: u64) -> usize {
+        if value_us <= 1 {
+            return 0;
+        }
+        let k = 64 - (value_us - 1).leading_zeros() as usize;
+        k.min(HIST_BUCKETS - 1)
+    }
+
+    pub fn record(&mut self, value_us: u64) {
+        self.count += 1;
+        self.sum_us += value_us;
+        self.buckets[Self::bucket_of(value_us)] += 1;
+    }
+
+    pub fn add(&mut self, other: &Log2Histogram) {
+        self.count += other.count;
+        self.sum_us += other.sum_us;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+    }
+
+    pub fn mean_us(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_us as f64 / self.count as f64)
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0..=1): accurate to a factor of two.
+    pub fn quantile_upper_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (k, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Self::bucket_upper_us(k));
+            }
+        }
+        None
+    }
+}
+
+/// Who owns the sockets of a pair, as last seen. pid and comm are known for client connects
+/// (recorded in the connecting process); the cgroup for every socket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Owner {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+}
+
+impl Owner {
+    /// Takes what `newer` knows, keeping what it doesn't.
+    pub fn update(&mut self, newer: &Owner) {
+        if newer.pid.is_some() {
+            self.pid = newer.pid;
+            self.comm.clone_from(&newer.comm);
+        }
+        if newer.cgroup_id.is_some() {
+            self.cgroup_id = newer.cgroup_id;
+        }
+    }
+}
+
+/// Everything counted for one flow pair. Used both for one poll's deltas and for running totals:
+/// every field but `active` is additive.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct FlowCounters {
+    /// Application bytes acknowledged by the peer (SYN and FIN excluded).
+    pub bytes_sent: u64,
+    /// Application bytes received in order (SYN and FIN excluded).
+    pub bytes_received: u64,
+    /// Segments carrying data, retransmissions included.
+    pub segs_sent: u64,
+    pub segs_received: u64,
+    /// Retransmitted segments, by [`Phase`].
+    pub retrans: [u64; 3],
+    /// Retransmission timer expiries, by [`Phase`].
+    pub rto: [u64; 3],
+    /// Connections whose handshake completed.
+    pub conn_established: u64,
+    /// Established connections that ended with FINs.
+    pub conn_closed: u64,
+    /// Established connections that ended with a reset (sent or received).
+    pub conn_reset: u64,
+    /// Connection attempts that failed, by [`ConnectFailure`].
+    pub conn_failed: [u64; 4],
+    /// Client side: time from connect() to established.
+    pub connect_duration: Log2Histogram,
+    /// Smoothed RTT samples: one at each close and one per live socket per walk.
+    pub rtt: Log2Histogram,
+    /// Established connections seen alive by the last walk (a gauge, not additive).
+    pub active: u64,
+}
+
+impl FlowCounters {
+    pub fn retransmits(&self, phase: Phase) -> u64 {
+        self.retrans[phase as usize]
+    }
+
+    pub fn timeouts(&self, phase: Phase) -> u64 {
+        self.rto[phase as usize]
+    }
+
+    pub fn failed(&self, why: ConnectFailure) -> u64 {
+        self.conn_failed[why as usize]
+    }
+
+    pub fn retrans_total(&self) -> u64 {
+        self.retrans.iter().sum()
+    }
+
+    pub fn rto_total(&self) -> u64 {
+        self.rto.iter().sum()
+    }
+
+    pub fn failed_total(&self) -> u64 {
+        self.conn_failed.iter().sum()
+    }
+
+    /// True when the delta carries any event (a gauge alone is not activity).
+    pub fn has_activity(&self) -> bool {
+        let mut additive = self.clone();
+        additive.active = 0;
+        additive != FlowCounters::default()
+    }
+
+    /// Adds the additive fields of `delta`; `active` is not touched.
+    pub fn add(&mut self, delta: &FlowCounters) {
+        self.bytes_sent += delta.bytes_sent;
+        self.bytes_received += delta.bytes_received;
+        self.segs_sent += delta.segs_sent;
+        self.segs_received += delta.segs_received;
+        for i in 0..3 {
+            self.retrans[i] += delta.retrans[i];
+            self.rto[i] += delta.rto[i];
+        }
+        self.conn_established += delta.conn_established;
+        self.conn_closed += delta.conn_closed;
+        self.conn_reset += delta.conn_reset;
+        for i in 0..4 {
+            self.conn_failed[i] += delta.conn_failed[i];
+        }
+        self.connect_duration.add(&delta.connect_duration);
+        self.rtt.add(&delta.rtt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_the_bpf_side() {
+        // bucket k holds (2^(k-1), 2^k]
+        assert_eq!(Log2Histogram::bucket_of(0), 0);
+        assert_eq!(Log2Histogram::bucket_of(1), 0);
+        assert_eq!(Log2Histogram::bucket_of(2), 1);
+        assert_eq!(Log2Histogram::bucket_of(3), 2);
+        assert_eq!(Log2Histogram::bucket_of(4), 2);
+        assert_eq!(Log2Histogram::bucket_of(5), 3);
+        assert_eq!(Log2Histogram::bucket_of(1024), 10);
+        assert_eq!(Log2Histogram::bucket_of(1025), 11);
+        assert_eq!(Log2Histogram::bucket_of(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_report_bucket_upper_bounds() {
+        let mut h = Log2Histogram::default();
+        for v in [10, 20, 30, 40, 1000] {
+            h.record(v);
+        }
+        assert_eq!(h.count, 5);
+        assert_eq!(h.sum_us, 1100);
+        assert_eq!(h.quantile_upper_us(0.5), Some(32));
+        assert_eq!(h.quantile_upper_us(1.0), Some(1024));
+        assert_eq!(Log2Histogram::default().quantile_upper_us(0.5), None);
+    }
+
+    #[test]
+    fn add_sums_additive_fields_and_leaves_the_gauge() {
+        let mut total = FlowCounters { active: 3, ..Default::default() };
+        let delta = FlowCounters {
+            bytes_sent: 10,
+            retrans: [1, 2, 3],
+            conn_failed: [0, 1, 0, 0],
+            active: 7,
+            ..Default::default()
+        };
+        total.add(&delta);
+        total.add(&delta);
+        assert_eq!(total.bytes_sent, 20);
+        assert_eq!(total.retrans, [2, 4, 6]);
+        assert_eq!(total.failed(ConnectFailure::Timeout), 2);
+        assert_eq!(total.active, 3);
+    }
+
+    #[test]
+    fn a_gauge_alone_is_not_activity() {
+        assert!(!FlowCounters { active: 2, ..Default::default() }.has_activity());
+        assert!(FlowCounters { segs_received: 1, ..Default::default() }.has_activity());
+    }
+}

@@ -1,0 +1,292 @@
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{FlowCounters, FlowKey, Owner};
+
+/// Pairs with no activity and no live connection for this long are dropped from the table.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Memory bound: beyond this many pairs, new pairs fold into the overflow bucket.
+pub const DEFAULT_MAX_PAIRS: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowTableConfig {
+    pub idle_timeout: Duration,
+    pub max_pairs: usize,
+}
+
+impl Default for FlowTableConfig {
+    fn default() -> Self {
+        Self { idle_timeout: DEFAULT_IDLE_TIMEOUT, max_pairs: DEFAULT_MAX_PAIRS }
+    }
+}
+
+/// One pair's running totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowPair {
+    pub key: FlowKey,
+    pub counters: FlowCounters,
+    pub owner: Owner,
+    #[serde(skip)]
+    pub last_active: Instant,
+}
+
+/// What the table did, for the agent's own metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct FlowTableStats {
+    pub pairs: usize,
+    /// Pair deltas that arrived while the table was full and went to the overflow bucket.
+    pub overflowed_deltas: u64,
+    pub evicted_pairs: u64,
+}
+
+/// Running totals per flow pair, plus an overflow bucket and the totals of evicted pairs, so
+/// that `pairs + overflow + evicted == totals` always holds: nothing the kernel counted is lost.
+#[derive(Debug)]
+pub struct FlowTable {
+    config: FlowTableConfig,
+    pairs: HashMap<FlowKey, FlowPair>,
+    overflow: FlowCounters,
+    evicted: FlowCounters,
+    totals: FlowCounters,
+    stats: FlowTableStats,
+}
+
+impl FlowTable {
+    pub fn new(config: FlowTableConfig) -> Self {
+        Self {
+            config,
+            pairs: HashMap::new(),
+            overflow: FlowCounters::default(),
+            evicted: FlowCounters::default(),
+            totals: FlowCounters::default(),
+            stats: FlowTableStats::default(),
+        }
+    }
+
+    /// Adds one poll's deltas. `active` in each delta is the live-connection gauge from the walk
+    /// that ended the poll; pairs without a delta had none alive.
+    pub fn apply_poll<'a>(
+        &mut self,
+        deltas: impl IntoIterator<Item = (FlowKey, &'a FlowCounters, &'a Owner)>,
+        kernel_overflow: &FlowCounters,
+        now: Instant,
+    ) {
+        for pair in self.pairs.values_mut() {
+            pair.counters.active = 0;
+        }
+        for (key, delta, owner) in deltas {
+            self.totals.add(delta);
+            let full = self.pairs.len() >= self.config.max_pairs;
+            match self.pairs.get_mut(&key) {
+                Some(pair) => Self::merge(pair, delta, owner, now),
+                None if full => {
+                    self.overflow.add(delta);
+                    self.stats.overflowed_deltas += 1;
+                }
+                None => {
+                    let mut pair = FlowPair {
+                        key,
+                        counters: FlowCounters::default(),
+                        owner: Owner::default(),
+                        last_active: now,
+                    };
+                    Self::merge(&mut pair, delta, owner, now);
+                    self.pairs.insert(key, pair);
+                }
+            }
+        }
+        self.totals.add(kernel_overflow);
+        self.overflow.add(kernel_overflow);
+        self.stats.pairs = self.pairs.len();
+    }
+
+    fn merge(pair: &mut FlowPair, delta: &FlowCounters, owner: &Owner, now: Instant) {
+        pair.counters.add(delta);
+        pair.counters.active = delta.active;
+        pair.owner.update(owner);
+        if delta.has_activity() || delta.active > 0 {
+            pair.last_active = now;
+        }
+    }
+
+    /// Drops pairs idle for the configured time with no live connection; their totals move to
+    /// the evicted bucket.
+    pub fn evict_idle(&mut self, now: Instant) -> usize {
+        let idle_timeout = self.config.idle_timeout;
+        let before = self.pairs.len();
+        let evicted = &mut self.evicted;
+        self.pairs.retain(|_, pair| {
+            let keep = pair.counters.active > 0 || now.saturating_duration_since(pair.last_active) < idle_timeout;
+            if !keep {
+                evicted.add(&pair.counters);
+            }
+            keep
+        });
+        let dropped = before - self.pairs.len();
+        self.stats.evicted_pairs += dropped as u64;
+        self.stats.pairs = self.pairs.len();
+        dropped
+    }
+
+    pub fn get(&self, key: &FlowKey) -> Option<&FlowPair> {
+        self.pairs.get(key)
+    }
+
+    /// Pairs in key order.
+    pub fn pairs(&self) -> Vec<&FlowPair> {
+        let mut pairs: Vec<&FlowPair> = self.pairs.values().collect();
+        pairs.sort_by(|a, b| a.key.cmp(&b.key));
+        pairs
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Deltas that found no room, here or in the kernel's pair map.
+    pub fn overflow(&self) -> &FlowCounters {
+        &self.overflow
+    }
+
+    /// Totals of pairs evicted as idle.
+    pub fn evicted(&self) -> &FlowCounters {
+        &self.evicted
+    }
+
+    /// Everything ever applied.
+    pub fn totals(&self) -> &FlowCounters {
+        &self.totals
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::flows::{Phase, Role};
+
+    fn key(remote_last: u8, port: u16, role: Role) -> FlowKey {
+        FlowKey {
+            local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            remote: IpAddr::V4(Ipv4Addr::new(10, 0, 0, remote_last)),
+            service_port: port,
+            role,
+        }
+    }
+
+    fn delta(bytes_sent: u64) -> FlowCounters {
+        FlowCounters { bytes_sent, segs_sent: 1, conn_established: 1, ..Default::default() }
+    }
+
+    fn sum_of(table: &FlowTable) -> FlowCounters {
+        let mut sum = FlowCounters::default();
+        for pair in table.pairs() {
+            sum.add(&pair.counters);
+        }
+        sum.add(table.overflow());
+        sum.add(table.evicted());
+        sum
+    }
+
+    #[test]
+    fn deltas_accumulate_per_pair() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new(FlowTableConfig::default());
+        let k = key(2, 443, Role::Client);
+        let none = Owner::default();
+        table.apply_poll([(k, &delta(100), &none)], &FlowCounters::default(), t0);
+        table.apply_poll([(k, &delta(50), &none)], &FlowCounters::default(), t0 + Duration::from_secs(1));
+        let pair = table.get(&k).expect("pair present");
+        assert_eq!(pair.counters.bytes_sent, 150);
+        assert_eq!(pair.counters.conn_established, 2);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn client_and_server_ends_are_distinct_pairs() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new(FlowTableConfig::default());
+        let none = Owner::default();
+        let d = delta(1);
+        table.apply_poll(
+            [(key(2, 80, Role::Client), &d, &none), (key(2, 80, Role::Server), &d, &none)],
+            &FlowCounters::default(),
+            t0,
+        );
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn totals_stay_exact_through_overflow_and_eviction() {
+        let t0 = Instant::now();
+        let config = FlowTableConfig { idle_timeout: Duration::from_secs(10), max_pairs: 3 };
+        let mut table = FlowTable::new(config);
+        let none = Owner::default();
+        let kernel_overflow = FlowCounters { bytes_received: 7, retrans: [0, 2, 0], ..Default::default() };
+        let deltas: Vec<(FlowKey, FlowCounters)> = (1..=5).map(|i| (key(i, 80, Role::Server), delta(u64::from(i) * 10))).collect();
+        table.apply_poll(deltas.iter().map(|(k, d)| (*k, d, &none)), &kernel_overflow, t0);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.stats().overflowed_deltas, 2);
+        assert_eq!(table.overflow().bytes_sent, 40 + 50);
+        assert_eq!(table.overflow().bytes_received, 7);
+
+        let later = t0 + Duration::from_secs(11);
+        table.apply_poll([(key(1, 80, Role::Server), &delta(1), &none)], &FlowCounters::default(), later);
+        assert_eq!(table.evict_idle(later), 2);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.evicted().bytes_sent, 20 + 30);
+
+        assert_eq!(&sum_of(&table), table.totals());
+        assert_eq!(table.totals().bytes_sent, 10 + 20 + 30 + 40 + 50 + 1);
+        assert_eq!(table.totals().retransmits(Phase::Established), 2);
+    }
+
+    #[test]
+    fn live_connections_keep_an_idle_pair() {
+        let t0 = Instant::now();
+        let config = FlowTableConfig { idle_timeout: Duration::from_secs(10), max_pairs: 10 };
+        let mut table = FlowTable::new(config);
+        let none = Owner::default();
+        let k = key(9, 5432, Role::Client);
+        let gauge_only = FlowCounters { active: 1, ..Default::default() };
+        table.apply_poll([(k, &delta(1), &none)], &FlowCounters::default(), t0);
+        table.apply_poll([(k, &gauge_only, &none)], &FlowCounters::default(), t0 + Duration::from_secs(20));
+        assert_eq!(table.evict_idle(t0 + Duration::from_secs(40)), 0);
+        assert_eq!(table.get(&k).map(|p| p.counters.active), Some(1));
+        // the walk stops seeing it: the gauge drops to zero, and the pair ages out
+        table.apply_poll(std::iter::empty(), &FlowCounters::default(), t0 + Duration::from_secs(41));
+        assert_eq!(table.get(&k).map(|p| p.counters.active), Some(0));
+        assert_eq!(table.evict_idle(t0 + Duration::from_secs(60)), 1);
+    }
+
+    #[test]
+    fn owner_keeps_what_later_deltas_do_not_know() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new(FlowTableConfig::default());
+        let k = FlowKey {
+            local: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            remote: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            service_port: 8080,
+            role: Role::Client,
+        };
+        let curl = Owner { pid: Some(42), comm: Some("curl".into()), cgroup_id: Some(1) };
+        let cgroup_only = Owner { pid: None, comm: None, cgroup_id: Some(7) };
+        table.apply_poll([(k, &delta(1), &curl)], &FlowCounters::default(), t0);
+        table.apply_poll([(k, &delta(1), &cgroup_only)], &FlowCounters::default(), t0);
+        let owner = &table.get(&k).expect("pair").owner;
+        assert_eq!(owner.pid, Some(42));
+        assert_eq!(owner.comm.as_deref(), Some("curl"));
+        assert_eq!(owner.cgroup_id, Some(7));
+    }
+}

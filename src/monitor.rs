@@ -1,0 +1,74 @@
+//! The sampler feeding the flow table: one poll moves one interval of kernel deltas into the
+//! running totals. Used by `flowtel run`, `flowtel snapshot` and the kernel tests.
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::flows::{FlowTable, FlowTableConfig, FlowTableStats};
+use crate::sampler::{AgentCounters, Sampler, SamplerConfig, SamplerError};
+
+/// Figures about the agent itself, for its own metrics and the snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStats {
+    pub counters: AgentCounters,
+    pub table: FlowTableStats,
+    pub polls: u64,
+    pub pair_map_capacity: u32,
+    /// Most entries the pair map held in one interval.
+    pub pair_map_peak_entries: usize,
+    pub last_pair_map_entries: usize,
+    pub namespaces_walked: usize,
+    pub last_walk_us: u64,
+    pub last_poll_us: u64,
+}
+
+pub struct Monitor {
+    sampler: Sampler,
+    table: FlowTable,
+    stats: AgentStats,
+}
+
+impl Monitor {
+    pub fn start(sampler: SamplerConfig, table: FlowTableConfig) -> Result<Self, SamplerError> {
+        let pair_map_capacity = sampler.pair_map_capacity;
+        Ok(Self {
+            sampler: Sampler::start(sampler)?,
+            table: FlowTable::new(table),
+            stats: AgentStats { pair_map_capacity, ..Default::default() },
+        })
+    }
+
+    /// One interval: drain the kernel, update the table, age out idle pairs.
+    pub fn poll(&mut self, now: Instant) -> Result<(), SamplerError> {
+        let sample = self.sampler.poll()?;
+        self.table
+            .apply_poll(sample.pairs.iter().map(|(k, c, o)| (*k, c, o)), &sample.overflow, now);
+        self.table.evict_idle(now);
+        let s = &mut self.stats;
+        s.counters = sample.counters;
+        s.table = self.table.stats();
+        s.polls += 1;
+        s.last_pair_map_entries = sample.pair_map_entries;
+        s.pair_map_peak_entries = s.pair_map_peak_entries.max(sample.pair_map_entries);
+        s.namespaces_walked = sample.namespaces_walked;
+        s.last_walk_us = duration_us(sample.walk_time);
+        s.last_poll_us = duration_us(sample.poll_time);
+        Ok(())
+    }
+
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,139 @@
+//! Generated skeleton types into domain types. Nothing generated leaves this module.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::skel::types;
+use crate::flows::{FlowCounters, FlowKey, Log2Histogram, Owner, Role};
+
+// SAFETY: plain-old-data structs generated from BTF: integers and arrays only, any bit pattern
+// is valid.
+unsafe impl plain::Plain for types::flowtel_pair_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flowtel_pair_stats {}
+
+pub(super) const KEY_SIZE: usize = std::mem::size_of::<types::flowtel_pair_key>();
+
+pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
+    let mut raw = types::flowtel_pair_key::default();
+    plain::copy_from_bytes(&mut raw, bytes).ok()?;
+    let (local, remote) = match raw.family {
+        4 => {
+            let l: [u8; 4] = raw.local_addr[..4].try_into().ok()?;
+            let r: [u8; 4] = raw.remote_addr[..4].try_into().ok()?;
+            (IpAddr::V4(Ipv4Addr::from(l)), IpAddr::V4(Ipv4Addr::from(r)))
+        }
+        6 => (IpAddr::V6(Ipv6Addr::from(raw.local_addr)), IpAddr::V6(Ipv6Addr::from(raw.remote_addr))),
+        _ => return None,
+    };
+    let role = match u32::from(raw.role) {
+        r if r == types::flowtel_role::FLOWTEL_ROLE_CLIENT.0 => Role::Client,
+        r if r == types::flowtel_role::FLOWTEL_ROLE_SERVER.0 => Role::Server,
+        _ => return None,
+    };
+    Some(FlowKey { local, remote, service_port: raw.service_port, role })
+}
+
+fn histogram(count: u64, sum_us: u64, buckets: &[u32]) -> Log2Histogram {
+    let mut h = Log2Histogram { count, sum_us, ..Default::default() };
+    for (dst, src) in h.buckets.iter_mut().zip(buckets) {
+        *dst = u64::from(*src);
+    }
+    h
+}
+
+/// Sums one entry's per-CPU values. The owner is taken from whichever CPU recorded one.
+pub(super) fn pair_stats_per_cpu<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> (FlowCounters, Owner) {
+    let mut counters = FlowCounters::default();
+    let mut owner = Owner::default();
+    for bytes in values {
+        let mut raw = types::flowtel_pair_stats::default();
+        if plain::copy_from_bytes(&mut raw, bytes).is_err() {
+            continue;
+        }
+        let one = FlowCounters {
+            bytes_sent: raw.bytes_sent,
+            bytes_received: raw.bytes_received,
+            segs_sent: raw.segs_sent,
+            segs_received: raw.segs_received,
+            retrans: raw.retrans,
+            rto: raw.rto,
+            conn_established: raw.conn_established,
+            conn_closed: raw.conn_closed,
+            conn_reset: raw.conn_reset,
+            conn_failed: raw.conn_failed,
+            connect_duration: histogram(raw.connect_count, raw.connect_sum_us, &raw.connect_hist),
+            rtt: histogram(raw.rtt_count, raw.rtt_sum_us, &raw.rtt_hist),
+            active: 0,
+        };
+        counters.add(&one);
+        counters.active += raw.active;
+        if raw.pid != 0 {
+            owner.pid = Some(raw.pid);
+            let comm: Vec<u8> = raw.comm.iter().map(|c| *c as u8).take_while(|c| *c != 0).collect();
+            owner.comm = Some(String::from_utf8_lossy(&comm).into_owned());
+        }
+        if raw.cgroup_id != 0 {
+            owner.cgroup_id = Some(raw.cgroup_id);
+        }
+    }
+    (counters, owner)
+}
+
+pub(super) fn counter_per_cpu<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    values
+        .into_iter()
+        .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+        .map(u64::from_ne_bytes)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_bytes(raw: &types::flowtel_pair_key) -> Vec<u8> {
+        // SAFETY: reading a Plain struct as bytes.
+        unsafe { plain::as_bytes(raw) }.to_vec()
+    }
+
+    #[test]
+    fn ipv4_client_key() {
+        let mut raw = types::flowtel_pair_key { family: 4, role: 1, service_port: 443, ..Default::default() };
+        raw.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        assert_eq!(key.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(key.remote, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(key.service_port, 443);
+        assert_eq!(key.role, Role::Client);
+    }
+
+    #[test]
+    fn ipv6_server_key_and_bad_family() {
+        let mut raw = types::flowtel_pair_key { family: 6, role: 2, service_port: 80, ..Default::default() };
+        raw.local_addr = Ipv6Addr::LOCALHOST.octets();
+        raw.remote_addr = Ipv6Addr::LOCALHOST.octets();
+        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        assert_eq!(key.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(key.role, Role::Server);
+        raw.family = 9;
+        assert_eq!(pair_key(&key_bytes(&raw)), None);
+    }
+
+    #[test]
+    fn per_cpu_values_sum() {
+        let a = types::flowtel_pair_stats { bytes_sent: 5, active: 1, rtt_count: 1, rtt_sum_us: 40, ..Default::default() };
+        let mut b = types::flowtel_pair_stats { bytes_sent: 7, active: 2, pid: 99, cgroup_id: 3, ..Default::default() };
+        b.comm[..4].copy_from_slice(&[b'c' as i8, b'u' as i8, b'r' as i8, b'l' as i8]);
+        b.rtt_hist[6] = 1;
+        // SAFETY: reading Plain structs as bytes.
+        let (ab, bb) = unsafe { (plain::as_bytes(&a).to_vec(), plain::as_bytes(&b).to_vec()) };
+        let (counters, owner) = pair_stats_per_cpu([ab.as_slice(), bb.as_slice()]);
+        assert_eq!(counters.bytes_sent, 12);
+        assert_eq!(counters.active, 3);
+        assert_eq!(counters.rtt.count, 1);
+        assert_eq!(counters.rtt.buckets[6], 1);
+        assert_eq!(owner.pid, Some(99));
+        assert_eq!(owner.comm.as_deref(), Some("curl"));
+        assert_eq!(owner.cgroup_id, Some(3));
+    }
+}

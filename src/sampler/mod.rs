@@ -1,0 +1,356 @@
+//! The kernel side: loads bpf/flowtel.bpf.c, attaches it, and each poll turns the kernel's
+//! per-interval pair map into owned flow deltas.
+//!
+//! Guarantees: every fold the kernel makes lands in exactly one poll's deltas (the pair map is
+//! swapped, with an RCU grace period, before it is drained); folds that found the map full are
+//! reported through the cumulative overflow bucket; every drop is counted in [`AgentCounters`].
+//! This is the only module that touches libbpf-rs or generated skeleton types.
+mod cgroup;
+mod decode;
+mod netns;
+mod preflight;
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use serde::Serialize;
+
+pub use cgroup::CgroupTarget;
+
+use crate::flows::{FlowCounters, FlowKey, Owner};
+
+mod skel {
+    #![allow(clippy::all, clippy::pedantic, unused_imports, non_camel_case_types, non_snake_case, dead_code)]
+    include!(concat!(env!("OUT_DIR"), "/flowtel.skel.rs"));
+}
+use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
+
+/// Pair-map capacity: distinct pairs folded within one poll interval, per inner map.
+pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = 8192;
+/// Client connects in flight at once.
+pub const DEFAULT_HANDSHAKE_MAP_CAPACITY: u32 = 8192;
+/// Listening sockets remembered within one walk.
+pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error("kernel BTF not found at /sys/kernel/btf/vmlinux: flowtel needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)")]
+    NoBtf,
+    #[error("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup) or set sampler.cgroup_path")]
+    NoCgroup2,
+    #[error("cgroup path {path} is not a directory in a cgroup v2 hierarchy: fix sampler.cgroup_path (FLOWTEL_SAMPLER__CGROUP_PATH)")]
+    CgroupPath { path: PathBuf },
+    #[error("missing privilege ({what}): run flowtel as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN")]
+    Permission { what: String },
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sampler settings; see config/flowtel.toml for each one's meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplerConfig {
+    pub cgroup_path: Option<PathBuf>,
+    pub pair_map_capacity: u32,
+    pub handshake_map_capacity: u32,
+    pub listener_map_capacity: u32,
+    pub per_ack_rtt: bool,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_path: None,
+            pair_map_capacity: DEFAULT_PAIR_MAP_CAPACITY,
+            handshake_map_capacity: DEFAULT_HANDSHAKE_MAP_CAPACITY,
+            listener_map_capacity: DEFAULT_LISTENER_MAP_CAPACITY,
+            per_ack_rtt: false,
+        }
+    }
+}
+
+/// The agent's own counters, cumulative since the sampler started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct AgentCounters {
+    /// Folds that found the pair map full and went to the overflow bucket (totals kept).
+    pub pair_map_full: u64,
+    /// Connects whose start could not be recorded: no connect duration or owner for them.
+    pub handshake_map_full: u64,
+    /// Live sockets the walk could not give storage: folded whole at close instead.
+    pub sock_storage_failed: u64,
+    /// Listeners not remembered in a walk: a pre-existing socket may be taken for a client.
+    pub listener_map_full: u64,
+    /// Callbacks that could not resolve their tcp_sock.
+    pub no_tcp_sock: u64,
+    /// Socket visits made by walks.
+    pub walk_sockets: u64,
+    /// Pair entries that could not be decoded (never expected).
+    pub undecodable_pairs: u64,
+}
+
+/// One poll's result.
+#[derive(Debug, Default)]
+pub struct KernelSample {
+    /// Deltas per pair for the interval, with the walk's active gauge and the owner seen.
+    pub pairs: Vec<(FlowKey, FlowCounters, Owner)>,
+    /// Folds that went to the overflow bucket during the interval.
+    pub overflow: FlowCounters,
+    pub counters: AgentCounters,
+    /// Entries the drained pair map held: its fill, against `pair_map_capacity`.
+    pub pair_map_entries: usize,
+    pub namespaces_walked: usize,
+    pub walk_time: Duration,
+    pub poll_time: Duration,
+}
+
+/// The loaded and attached BPF programs. Detached when dropped, or when the process dies
+/// (bpf_link; nothing is pinned).
+pub struct Sampler {
+    skel: FlowtelSkel<'static>,
+    _sockops_link: Link,
+    walk_link: Link,
+    /// The inner pair map currently receiving folds: false = pairs_a.
+    active_is_b: bool,
+    namespaces: netns::Namespaces,
+    overflow_seen: FlowCounters,
+    target: CgroupTarget,
+    config: SamplerConfig,
+}
+
+impl Sampler {
+    /// Checks the host, loads, and attaches. Errors name the fix.
+    pub fn start(config: SamplerConfig) -> Result<Self, SamplerError> {
+        preflight::check()?;
+        let target = cgroup::resolve(config.cgroup_path.as_deref())?;
+        route_libbpf_logs();
+
+        // The skeleton borrows its object storage for its whole life; a Sampler lives about as
+        // long as the process, so the few bytes are leaked rather than self-referenced. The
+        // object itself (maps, programs, fds) is still closed when the skeleton drops.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = FlowtelSkelBuilder::default()
+            .open(storage)
+            .map_err(|source| SamplerError::Bpf { what: "opening the BPF object".into(), source })?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.flowtel_per_ack_rtt = config.per_ack_rtt;
+            rodata.flowtel_cgroup_id = target.id;
+            rodata.flowtel_cgroup_level = target.level;
+        }
+        let sizing = [
+            (&mut open.maps.pairs_a, config.pair_map_capacity),
+            (&mut open.maps.pairs_b, config.pair_map_capacity),
+            (&mut open.maps.handshakes, config.handshake_map_capacity),
+            (&mut open.maps.listeners, config.listener_map_capacity),
+        ];
+        for (map, capacity) in sizing {
+            map.set_max_entries(capacity.max(1))
+                .map_err(|source| SamplerError::Bpf { what: "sizing a BPF map".into(), source })?;
+        }
+        let skel = open.load().map_err(|source| load_error("loading the BPF programs (verifier log above)", source))?;
+
+        let cgroup_dir = std::fs::File::open(&target.path).map_err(|_| SamplerError::CgroupPath { path: target.path.clone() })?;
+        let sockops_link = skel
+            .progs
+            .flowtel_sockops
+            .attach_cgroup(cgroup_dir.as_raw_fd())
+            .map_err(|source| load_error(&format!("attaching sock_ops to {}", target.path.display()), source))?;
+        let walk_link = skel
+            .progs
+            .flowtel_walk
+            .attach()
+            .map_err(|source| load_error("attaching the iter/tcp socket walk", source))?;
+        tracing::info!(cgroup = %target.path.display(), pair_map_capacity = config.pair_map_capacity, "sampler attached");
+
+        Ok(Self {
+            skel,
+            _sockops_link: sockops_link,
+            walk_link,
+            active_is_b: false,
+            namespaces: netns::Namespaces::default(),
+            overflow_seen: FlowCounters::default(),
+            target,
+            config,
+        })
+    }
+
+    pub fn target(&self) -> &CgroupTarget {
+        &self.target
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Walks live sockets, swaps the pair map, and drains the interval that just ended.
+    pub fn poll(&mut self) -> Result<KernelSample, SamplerError> {
+        let started = Instant::now();
+        self.namespaces.refresh();
+        let namespaces_walked = self.namespaces.walk_all(self.walk_link.as_fd().as_raw_fd())?;
+        let walk_time = started.elapsed();
+        self.clear_listeners();
+
+        let drained_is_b = self.active_is_b;
+        self.swap_pair_maps()?;
+        let inner = if drained_is_b { &self.skel.maps.pairs_b } else { &self.skel.maps.pairs_a };
+        let mut counters = AgentCounters::default();
+        let (pairs, pair_map_entries) = drain(inner, &mut counters)?;
+
+        let overflow_total = self.read_overflow()?;
+        let mut overflow = overflow_total.clone();
+        subtract(&mut overflow, &self.overflow_seen);
+        self.overflow_seen = overflow_total;
+
+        self.read_counters(&mut counters)?;
+        Ok(KernelSample {
+            pairs,
+            overflow,
+            counters,
+            pair_map_entries,
+            namespaces_walked,
+            walk_time,
+            poll_time: started.elapsed(),
+        })
+    }
+
+    /// Points the one-slot outer map at the other inner map. The kernel returns from this
+    /// update only after an RCU grace period, so no program still holds the old map.
+    fn swap_pair_maps(&mut self) -> Result<(), SamplerError> {
+        let next = if self.active_is_b { &self.skel.maps.pairs_a } else { &self.skel.maps.pairs_b };
+        let fd = next.as_fd().as_raw_fd();
+        self.skel
+            .maps
+            .pairs_active
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| SamplerError::Bpf { what: "swapping the pair maps".into(), source })?;
+        self.active_is_b = !self.active_is_b;
+        Ok(())
+    }
+
+    fn clear_listeners(&self) {
+        let map = &self.skel.maps.listeners;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for key in keys {
+            // a concurrent walk may have removed it: nothing to do then
+            let _ = map.delete(&key);
+        }
+    }
+
+    fn read_overflow(&self) -> Result<FlowCounters, SamplerError> {
+        let values = self
+            .skel
+            .maps
+            .overflow
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| SamplerError::Bpf { what: "reading the overflow bucket".into(), source })?
+            .unwrap_or_default();
+        Ok(decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice)).0)
+    }
+
+    fn read_counters(&self, counters: &mut AgentCounters) -> Result<(), SamplerError> {
+        let map = &self.skel.maps.counters;
+        let read = |c: types::flowtel_counter| -> Result<u64, SamplerError> {
+            let values = map
+                .lookup_percpu(&c.0.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| SamplerError::Bpf { what: "reading the agent counters".into(), source })?
+                .unwrap_or_default();
+            Ok(decode::counter_per_cpu(values.iter().map(Vec::as_slice)))
+        };
+        counters.pair_map_full = read(types::flowtel_counter::FLOWTEL_CTR_PAIR_MAP_FULL)?;
+        counters.handshake_map_full = read(types::flowtel_counter::FLOWTEL_CTR_HANDSHAKE_MAP_FULL)?;
+        counters.sock_storage_failed = read(types::flowtel_counter::FLOWTEL_CTR_SOCK_STORAGE_FAILED)?;
+        counters.listener_map_full = read(types::flowtel_counter::FLOWTEL_CTR_LISTENER_MAP_FULL)?;
+        counters.walk_sockets = read(types::flowtel_counter::FLOWTEL_CTR_WALK_SOCKETS)?;
+        counters.no_tcp_sock = read(types::flowtel_counter::FLOWTEL_CTR_NO_TCP_SOCK)?;
+        Ok(())
+    }
+}
+
+/// Reads and empties an inner pair map that no program writes any more.
+fn drain(
+    inner: &impl MapCore,
+    counters: &mut AgentCounters,
+) -> Result<(Vec<(FlowKey, FlowCounters, Owner)>, usize), SamplerError> {
+    let keys: Vec<Vec<u8>> = inner.keys().collect();
+    let mut pairs = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let values = inner
+            .lookup_percpu(key, MapFlags::ANY)
+            .map_err(|source| SamplerError::Bpf { what: "reading the pair map".into(), source })?;
+        let Some(values) = values else { continue };
+        match decode::pair_key(key) {
+            Some(flow) => {
+                let (delta, owner) = decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice));
+                pairs.push((flow, delta, owner));
+            }
+            None => counters.undecodable_pairs += 1,
+        }
+    }
+    if !keys.is_empty() {
+        let flat: Vec<u8> = keys.iter().flatten().copied().collect();
+        inner
+            .delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(|source| SamplerError::Bpf { what: "emptying the pair map".into(), source })?;
+    }
+    debug_assert!(keys.iter().all(|k| k.len() == decode::KEY_SIZE));
+    Ok((pairs, keys.len()))
+}
+
+/// `total - seen` for the cumulative overflow bucket (it only grows).
+fn subtract(total: &mut FlowCounters, seen: &FlowCounters) {
+    let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+    sub(&mut total.bytes_sent, seen.bytes_sent);
+    sub(&mut total.bytes_received, seen.bytes_received);
+    sub(&mut total.segs_sent, seen.segs_sent);
+    sub(&mut total.segs_received, seen.segs_received);
+    for i in 0..3 {
+        sub(&mut total.retrans[i], seen.retrans[i]);
+        sub(&mut total.rto[i], seen.rto[i]);
+    }
+    sub(&mut total.conn_established, seen.conn_established);
+    sub(&mut total.conn_closed, seen.conn_closed);
+    sub(&mut total.conn_reset, seen.conn_reset);
+    for i in 0..4 {
+        sub(&mut total.conn_failed[i], seen.conn_failed[i]);
+    }
+    for (h, s) in [(&mut total.connect_duration, &seen.connect_duration), (&mut total.rtt, &seen.rtt)] {
+        sub(&mut h.count, s.count);
+        sub(&mut h.sum_us, s.sum_us);
+        for (a, b) in h.buckets.iter_mut().zip(s.buckets.iter()) {
+            sub(a, *b);
+        }
+    }
+    total.active = 0;
+}
+
+fn load_error(what: &str, source: libbpf_rs::Error) -> SamplerError {
+    if matches!(source.kind(), libbpf_rs::ErrorKind::PermissionDenied) {
+        SamplerError::Permission { what: what.to_string() }
+    } else {
+        SamplerError::Bpf { what: what.to_string(), source }
+    }
+}
+
+fn route_libbpf_logs() {
+    fn forward(level: libbpf_rs::PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+            libbpf_rs::PrintLevel::Info => tracing::info!(target: "libbpf", "{msg}"),
+            libbpf_rs::PrintLevel::Debug => tracing::debug!(target: "libbpf", "{msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, forward)));
+}

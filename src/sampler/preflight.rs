@@ -1,0 +1,58 @@
+//! Host checks that turn the usual failures into one-line errors naming the fix, before libbpf
+//! gets to print a page of verifier output.
+use std::path::Path;
+
+use super::SamplerError;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+pub(super) fn check() -> Result<(), SamplerError> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(SamplerError::NoBtf);
+    }
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|source| SamplerError::Io { what: "reading /proc/self/status".into(), source })?;
+    let effective = effective_caps(&status).unwrap_or(0);
+    let missing = missing_caps(effective);
+    if !missing.is_empty() {
+        return Err(SamplerError::Permission { what: format!("missing {}", missing.join(", ")) });
+    }
+    Ok(())
+}
+
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn missing_caps(effective: u64) -> Vec<&'static str> {
+    // CAP_SYS_ADMIN: entering other network namespaces for the socket walk
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_has_everything() {
+        let status = "Name:\tflowtel\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(missing_caps(effective_caps(status).unwrap_or(0)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_unprivileged_process_misses_all_four() {
+        let status = "CapEff:\t0000000000000000\n";
+        assert_eq!(
+            missing_caps(effective_caps(status).unwrap_or(0)),
+            vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+        );
+    }
+}
