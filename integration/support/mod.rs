@@ -1,0 +1,213 @@
+//! Shared harness for the kernel tests: a monitor polled until a condition holds, network
+//! namespaces joined by veth that are removed even when a test fails, and traffic endpoints.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use flowtel::flows::{FlowCounters, FlowKey, FlowTableConfig, Role};
+use flowtel::monitor::Monitor;
+use flowtel::sampler::SamplerConfig;
+
+/// How long a test waits for the kernel to report what it expects before failing.
+pub const SETTLE: Duration = Duration::from_secs(15);
+
+pub fn monitor() -> Monitor {
+    monitor_with(SamplerConfig::default())
+}
+
+pub fn monitor_with(config: SamplerConfig) -> Monitor {
+    Monitor::start(config, FlowTableConfig::default()).expect("sampler starts (run the kernel tests as root)")
+}
+
+/// Polls until `done` holds for the table; panics with the last state otherwise.
+pub fn poll_until(monitor: &mut Monitor, what: &str, mut done: impl FnMut(&Monitor) -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        monitor.poll(Instant::now()).expect("poll");
+        if done(monitor) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let pairs: Vec<String> = monitor.table().pairs().iter().map(|p| format!("{} {:?}", p.key, p.counters)).collect();
+            panic!("timed out waiting for {what}; table:\n{}", pairs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn counters(monitor: &Monitor, key: &FlowKey) -> FlowCounters {
+    monitor.table().get(key).map(|p| p.counters.clone()).unwrap_or_default()
+}
+
+pub fn key(local: IpAddr, remote: IpAddr, service_port: u16, role: Role) -> FlowKey {
+    FlowKey { local, remote, service_port, role }
+}
+
+/// Both ends of a connection set as flow keys.
+pub fn pair_keys(client: IpAddr, server: IpAddr, port: u16) -> (FlowKey, FlowKey) {
+    (key(client, server, port, Role::Client), key(server, client, port, Role::Server))
+}
+
+pub fn write_all_and_finish(stream: &mut TcpStream, bytes: usize) {
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n]).expect("write");
+        left -= n;
+    }
+    stream.shutdown(Shutdown::Write).expect("shutdown write");
+}
+
+pub fn read_to_end(stream: &mut TcpStream) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// One request/response exchange: the client sends `request` bytes and half-closes; the server
+/// reads them all, answers `response` bytes and closes. Returns what each side received.
+pub fn exchange(listener: &TcpListener, server_addr: SocketAddr, request: usize, response: usize) -> (usize, usize) {
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let got = read_to_end(&mut conn);
+            write_all_and_finish(&mut conn, response);
+            got
+        });
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        write_all_and_finish(&mut client, request);
+        let client_got = read_to_end(&mut client);
+        drop(client);
+        (server.join().expect("server thread"), client_got)
+    })
+}
+
+static NEXT_NS: AtomicU32 = AtomicU32::new(0);
+
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} not runnable: {e}"));
+    assert!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn run_in(ns: &str, cmd: &str, args: &[&str]) {
+    let mut full = vec!["netns", "exec", ns, cmd];
+    full.extend_from_slice(args);
+    run("ip", &full);
+}
+
+/// Two network namespaces ("hosts") joined by a veth pair, with IPv4 and IPv6 addresses.
+/// Dropping it deletes both namespaces, and with them the veths, nftables rules and qdiscs the
+/// test put inside: nothing is left behind, pass or fail.
+pub struct VethPair {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub client_v4: IpAddr,
+    pub server_v4: IpAddr,
+    pub client_v6: IpAddr,
+    pub server_v6: IpAddr,
+    pub client_if: String,
+    pub server_if: String,
+}
+
+impl VethPair {
+    /// `subnet` picks 10.213.<subnet>.0/24 and fd00:f10:<subnet>::/64, unique per test.
+    pub fn new(subnet: u8) -> Self {
+        let id = format!("{}-{}", std::process::id() % 100_000, NEXT_NS.fetch_add(1, Ordering::Relaxed));
+        let pair = Self {
+            client_ns: format!("ftl-c-{id}"),
+            server_ns: format!("ftl-s-{id}"),
+            client_v4: format!("10.213.{subnet}.1").parse().expect("v4"),
+            server_v4: format!("10.213.{subnet}.2").parse().expect("v4"),
+            client_v6: format!("fd00:f10:{subnet}::1").parse().expect("v6"),
+            server_v6: format!("fd00:f10:{subnet}::2").parse().expect("v6"),
+            client_if: format!("vc{id}"),
+            server_if: format!("vs{id}"),
+        };
+        // constructed first so that a failing setup step still cleans up
+        pair.setup();
+        pair
+    }
+
+    fn setup(&self) {
+        run("ip", &["netns", "add", &self.client_ns]);
+        run("ip", &["netns", "add", &self.server_ns]);
+        run("ip", &["link", "add", &self.client_if, "netns", &self.client_ns, "type", "veth", "peer", "name", &self.server_if, "netns", &self.server_ns]);
+        for (ns, ifname, v4, v6) in [
+            (&self.client_ns, &self.client_if, self.client_v4, self.client_v6),
+            (&self.server_ns, &self.server_if, self.server_v4, self.server_v6),
+        ] {
+            run_in(ns, "ip", &["link", "set", "lo", "up"]);
+            run_in(ns, "ip", &["addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            run_in(ns, "ip", &["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            run_in(ns, "ip", &["link", "set", ifname, "up"]);
+        }
+    }
+
+    /// Runs `f` on a thread inside namespace `ns`: sockets it creates live there.
+    pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid nsfs fd; affects only this scoped thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+
+    /// Adds an nftables input-hook rule inside `ns` (table `inet flowtel_test`, chain `in`).
+    pub fn nft_input_rule(ns: &str, rule: &str) {
+        run_in(ns, "nft", &["add", "table", "inet", "flowtel_test"]);
+        run_in(ns, "nft", &["add", "chain", "inet", "flowtel_test", "in", "{ type filter hook input priority 0; policy accept; }"]);
+        run_in(ns, "nft", &[&format!("add rule inet flowtel_test in {rule}")]);
+    }
+
+    pub fn nft_flush(ns: &str) {
+        run_in(ns, "nft", &["delete", "table", "inet", "flowtel_test"]);
+    }
+
+    /// The kernel's own TCP MIB counter (e.g. RetransSegs) in namespace `ns`.
+    pub fn tcp_mib(ns: &str, name: &str) -> u64 {
+        let snmp = Self::in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp"));
+        let mut tcp_lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let header = tcp_lines.next().expect("Tcp header");
+        let values = tcp_lines.next().expect("Tcp values");
+        let idx = header.split_whitespace().position(|h| h == name).unwrap_or_else(|| panic!("no Tcp {name}"));
+        values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("numeric MIB value")
+    }
+
+    /// The kernel's own TcpExt counter (e.g. TCPTimeouts) in namespace `ns`.
+    pub fn tcpext_mib(ns: &str, name: &str) -> u64 {
+        let netstat = Self::in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat"));
+        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let header = lines.next().expect("TcpExt header");
+        let values = lines.next().expect("TcpExt values");
+        let idx = header.split_whitespace().position(|h| h == name).unwrap_or_else(|| panic!("no TcpExt {name}"));
+        values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("numeric MIB value")
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
