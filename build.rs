@@ -55,7 +55,11 @@ fn vmlinux_include_dir(manifest_dir: &Path, out_dir: &Path, arch: &str) -> PathB
         .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"])
         .output()
         .unwrap_or_else(|e| panic!("no vendored vmlinux.h for {arch} and bpftool could not run ({e}): install bpftool on a {arch} build host"));
-    assert!(output.status.success(), "bpftool btf dump failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "bpftool btf dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     std::fs::write(generated.join("vmlinux.h"), output.stdout).expect("write generated vmlinux.h");
     println!("cargo:warning=no vendored vmlinux.h for {arch}: generated one from this host's /sys/kernel/btf/vmlinux");
     generated

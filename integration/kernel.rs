@@ -8,12 +8,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use flowtel::flows::{ConnectFailure, Phase, Role};
+use flowtel::sampler::SamplerConfig;
 use support::*;
 
 const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
-fn closed_both(m: &flowtel::monitor::Monitor, client: &flowtel::flows::FlowKey, server: &flowtel::flows::FlowKey, n: u64) -> bool {
+fn closed_both(
+    m: &flowtel::monitor::Monitor,
+    client: &flowtel::flows::FlowKey,
+    server: &flowtel::flows::FlowKey,
+    n: u64,
+) -> bool {
     let c = counters(m, client);
     let s = counters(m, server);
     c.conn_closed + c.conn_reset >= n && s.conn_closed + s.conn_reset >= n
@@ -21,6 +27,7 @@ fn closed_both(m: &flowtel::monitor::Monitor, client: &flowtel::flows::FlowKey, 
 
 #[test]
 fn bytes_are_exact_on_both_ends() {
+    let _serial = serial();
     let mut m = monitor();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -46,6 +53,7 @@ fn bytes_are_exact_on_both_ends() {
 
 #[test]
 fn churn_collapses_into_one_pair_per_end_and_loses_nothing() {
+    let _serial = serial();
     const N: usize = 500;
     let mut m = monitor();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -69,25 +77,57 @@ fn churn_collapses_into_one_pair_per_end_and_loses_nothing() {
     });
 
     let (ck, sk) = pair_keys(LO4, LO4, addr.port());
-    poll_until(&mut m, "500 closes on both ends", |m| closed_both(m, &ck, &sk, N as u64));
+    poll_until(&mut m, "500 closes on both ends", |m| {
+        closed_both(m, &ck, &sk, N as u64)
+    });
     let c = counters(&m, &ck);
     let s = counters(&m, &sk);
-    assert_eq!((c.conn_established, c.conn_closed, c.conn_reset), (500, 500, 0), "client {c:?}");
-    assert_eq!((s.conn_established, s.conn_closed, s.conn_reset), (500, 500, 0), "server {s:?}");
+    assert_eq!(
+        (c.conn_established, c.conn_closed, c.conn_reset),
+        (500, 500, 0),
+        "client {c:?}"
+    );
+    assert_eq!(
+        (s.conn_established, s.conn_closed, s.conn_reset),
+        (500, 500, 0),
+        "server {s:?}"
+    );
     assert_eq!((c.bytes_sent, c.bytes_received), (5_000, 10_000));
     assert_eq!((s.bytes_sent, s.bytes_received), (10_000, 5_000));
     assert_eq!(c.connect_duration.count, 500);
-    let ours: Vec<_> = m.table().pairs().into_iter().filter(|p| p.key.service_port == addr.port()).map(|p| p.key).collect();
+    let ours: Vec<_> = m
+        .table()
+        .pairs()
+        .into_iter()
+        .filter(|p| p.key.service_port == addr.port())
+        .map(|p| p.key)
+        .collect();
     assert_eq!(ours, vec![ck, sk], "exactly one pair per end");
-    let leaked: Vec<_> = m.table().pairs().into_iter().filter(|p| client_ports.contains(&p.key.service_port) && p.key.local == LO4).map(|p| p.key).collect();
-    assert!(leaked.is_empty(), "ephemeral ports must not become service ports: {leaked:?}");
+    let leaked: Vec<_> = m
+        .table()
+        .pairs()
+        .into_iter()
+        .filter(|p| client_ports.contains(&p.key.service_port) && p.key.local == LO4)
+        .map(|p| p.key)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "ephemeral ports must not become service ports: {leaked:?}"
+    );
     assert_eq!(m.stats().counters.pair_map_full, 0);
     assert_eq!(m.stats().counters.handshake_map_full, 0);
 }
 
 /// Server streams `bytes` to a client that sends a small request, in 64 KiB writes with `pace`
 /// between them; `during` runs on the calling thread meanwhile. Returns when both are done.
-fn stream_from_server(server: SocketAddr, client_ns: &str, server_ns: &str, bytes: usize, pace: Duration, during: impl FnOnce()) {
+fn stream_from_server(
+    server: SocketAddr,
+    client_ns: &str,
+    server_ns: &str,
+    bytes: usize,
+    pace: Duration,
+    during: impl FnOnce(),
+) {
     let listener = VethPair::in_ns(server_ns, || TcpListener::bind(server).expect("bind in server ns"));
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -120,6 +160,7 @@ fn stream_from_server(server: SocketAddr, client_ns: &str, server_ns: &str, byte
 
 #[test]
 fn random_loss_retransmits_match_the_kernel_mib() {
+    let _serial = serial();
     let mut m = monitor();
     let hosts = VethPair::new(3);
     let server = SocketAddr::new(hosts.server_v4, 8000);
@@ -128,31 +169,51 @@ fn random_loss_retransmits_match_the_kernel_mib() {
         "tcp sport 8000 tcp flags & (syn|fin|rst) == 0 numgen random mod 100 < 5 counter drop",
     );
     let mib_before = VethPair::tcp_mib(&hosts.server_ns, "RetransSegs");
-    stream_from_server(server, &hosts.client_ns, &hosts.server_ns, 4 << 20, Duration::ZERO, || {});
+    stream_from_server(
+        server,
+        &hosts.client_ns,
+        &hosts.server_ns,
+        4 << 20,
+        Duration::ZERO,
+        || {},
+    );
     let (ck, sk) = pair_keys(hosts.client_v4, hosts.server_v4, 8000);
     poll_until(&mut m, "transfer closed on both ends", |m| closed_both(m, &ck, &sk, 1));
     let kernel = VethPair::tcp_mib(&hosts.server_ns, "RetransSegs") - mib_before;
     let s = counters(&m, &sk);
     assert!(kernel > 0, "the loss rule made the kernel retransmit");
-    assert_eq!(s.retrans_total(), kernel, "server retransmits {:?} vs TcpRetransSegs delta {kernel}", s.retrans);
+    assert_eq!(
+        s.retrans_total(),
+        kernel,
+        "server retransmits {:?} vs TcpRetransSegs delta {kernel}",
+        s.retrans
+    );
     assert_eq!(s.bytes_sent, 4 << 20, "retransmissions are not counted as bytes");
     assert_eq!(counters(&m, &ck).retrans_total(), 0, "the client lost nothing");
 }
 
 #[test]
 fn blackhole_mid_transfer_fires_rto_in_established_phase() {
+    let _serial = serial();
     let mut m = monitor();
     let hosts = VethPair::new(4);
     let server = SocketAddr::new(hosts.server_v4, 8000);
     let client_ns = hosts.client_ns.clone();
     let timeouts_before = VethPair::tcpext_mib(&hosts.server_ns, "TCPTimeouts");
     // 6 MiB paced over about 6 s: the blackhole lands mid-transfer
-    stream_from_server(server, &hosts.client_ns, &hosts.server_ns, 6 << 20, Duration::from_millis(60), || {
-        std::thread::sleep(Duration::from_millis(1500));
-        VethPair::nft_input_rule(&client_ns, "tcp sport 8000 counter drop");
-        std::thread::sleep(Duration::from_secs(3));
-        VethPair::nft_flush(&client_ns);
-    });
+    stream_from_server(
+        server,
+        &hosts.client_ns,
+        &hosts.server_ns,
+        6 << 20,
+        Duration::from_millis(60),
+        || {
+            std::thread::sleep(Duration::from_millis(1500));
+            VethPair::nft_input_rule(&client_ns, "tcp sport 8000 counter drop");
+            std::thread::sleep(Duration::from_secs(3));
+            VethPair::nft_flush(&client_ns);
+        },
+    );
     let (ck, sk) = pair_keys(hosts.client_v4, hosts.server_v4, 8000);
     poll_until(&mut m, "transfer closed on both ends", |m| closed_both(m, &ck, &sk, 1));
     let s = counters(&m, &sk);
@@ -164,16 +225,21 @@ fn blackhole_mid_transfer_fires_rto_in_established_phase() {
 
 #[test]
 fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
+    let _serial = serial();
     let mut m = monitor();
     let hosts = VethPair::new(5);
     let server = SocketAddr::new(hosts.server_v4, 8001);
-    VethPair::nft_input_rule(&hosts.server_ns, "tcp dport 8001 tcp flags & (syn|ack) == syn counter drop");
+    VethPair::nft_input_rule(
+        &hosts.server_ns,
+        "tcp dport 8001 tcp flags & (syn|ack) == syn counter drop",
+    );
     let listener = VethPair::in_ns(&hosts.server_ns, || TcpListener::bind(server).expect("bind"));
     let started = Instant::now();
     std::thread::scope(|s| {
         let client = s.spawn(|| {
             VethPair::in_ns(&hosts.client_ns, || {
-                let mut c = TcpStream::connect_timeout(&server, Duration::from_secs(20)).expect("connect after the blackhole");
+                let mut c =
+                    TcpStream::connect_timeout(&server, Duration::from_secs(20)).expect("connect after the blackhole");
                 c.write_all(b"hello").expect("write");
             })
         });
@@ -193,11 +259,15 @@ fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
     assert_eq!(c.conn_established, 1);
     let waited_us = started.elapsed().as_micros() as f64;
     let connect_us = c.connect_duration.mean_us().expect("connect duration recorded");
-    assert!(connect_us >= 1_900_000.0 && connect_us <= waited_us, "connect took {connect_us} us");
+    assert!(
+        connect_us >= 1_900_000.0 && connect_us <= waited_us,
+        "connect took {connect_us} us"
+    );
 }
 
 #[test]
 fn refused_connect_counts_as_failed_refused() {
+    let _serial = serial();
     let mut m = monitor();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -216,6 +286,7 @@ fn refused_connect_counts_as_failed_refused() {
 
 #[test]
 fn dropped_syn_with_short_timeout_counts_as_failed_timeout() {
+    let _serial = serial();
     let mut m = monitor();
     let hosts = VethPair::new(6);
     let server = SocketAddr::new(hosts.server_v4, 8002);
@@ -230,12 +301,17 @@ fn dropped_syn_with_short_timeout_counts_as_failed_timeout() {
     let c = counters(&m, &ck);
     assert_eq!(c.failed(ConnectFailure::Timeout), 1, "{c:?}");
     assert_eq!(c.failed_total(), 1);
-    assert_eq!(c.retransmits(Phase::Syn), 1, "one SYN retransmit at 1 s before the 1.5 s timeout");
+    assert_eq!(
+        c.retransmits(Phase::Syn),
+        1,
+        "one SYN retransmit at 1 s before the 1.5 s timeout"
+    );
     assert_eq!(c.conn_established, 0);
 }
 
 #[test]
 fn ipv6_over_loopback_and_veth() {
+    let _serial = serial();
     let mut m = monitor();
     let listener = TcpListener::bind("[::1]:0").expect("bind ::1");
     let addr = listener.local_addr().expect("addr");
@@ -259,15 +335,30 @@ fn ipv6_over_loopback_and_veth() {
     });
     let (vck, vsk) = pair_keys(hosts.client_v6, hosts.server_v6, 8003);
 
-    poll_until(&mut m, "both v6 flows closed", |m| closed_both(m, &ck, &sk, 1) && closed_both(m, &vck, &vsk, 1));
-    assert_eq!((counters(&m, &ck).bytes_sent, counters(&m, &ck).bytes_received), (1_000, 2_000));
-    assert_eq!((counters(&m, &sk).bytes_sent, counters(&m, &sk).bytes_received), (2_000, 1_000));
-    assert_eq!((counters(&m, &vck).bytes_sent, counters(&m, &vck).bytes_received), (3_000, 4_000));
-    assert_eq!((counters(&m, &vsk).bytes_sent, counters(&m, &vsk).bytes_received), (4_000, 3_000));
+    poll_until(&mut m, "both v6 flows closed", |m| {
+        closed_both(m, &ck, &sk, 1) && closed_both(m, &vck, &vsk, 1)
+    });
+    assert_eq!(
+        (counters(&m, &ck).bytes_sent, counters(&m, &ck).bytes_received),
+        (1_000, 2_000)
+    );
+    assert_eq!(
+        (counters(&m, &sk).bytes_sent, counters(&m, &sk).bytes_received),
+        (2_000, 1_000)
+    );
+    assert_eq!(
+        (counters(&m, &vck).bytes_sent, counters(&m, &vck).bytes_received),
+        (3_000, 4_000)
+    );
+    assert_eq!(
+        (counters(&m, &vsk).bytes_sent, counters(&m, &vsk).bytes_received),
+        (4_000, 3_000)
+    );
 }
 
 #[test]
 fn v4_mapped_ipv6_folds_to_ipv4() {
+    let _serial = serial();
     let mut m = monitor();
     // a dual-stack listener on :: accepting an IPv4 client: its socket is AF_INET6, v4-mapped
     let listener = TcpListener::bind("[::]:0").expect("bind ::");
@@ -275,13 +366,23 @@ fn v4_mapped_ipv6_folds_to_ipv4() {
     exchange(&listener, SocketAddr::new(LO4, port), 10, 20);
     let (ck, sk) = pair_keys(LO4, LO4, port);
     poll_until(&mut m, "both ends closed", |m| closed_both(m, &ck, &sk, 1));
-    assert_eq!(counters(&m, &sk).bytes_received, 10, "server end keyed by IPv4 addresses");
-    let mapped = m.table().pairs().into_iter().filter(|p| p.key.service_port == port && p.key.local.is_ipv6()).count();
+    assert_eq!(
+        counters(&m, &sk).bytes_received,
+        10,
+        "server end keyed by IPv4 addresses"
+    );
+    let mapped = m
+        .table()
+        .pairs()
+        .into_iter()
+        .filter(|p| p.key.service_port == port && p.key.local.is_ipv6())
+        .count();
     assert_eq!(mapped, 0);
 }
 
 #[test]
 fn tbf_queueing_delay_moves_the_rtt_histogram() {
+    let _serial = serial();
     let mut m = monitor();
     let hosts = VethPair::new(8);
     let baseline = SocketAddr::new(hosts.server_v4, 8004);
@@ -294,11 +395,42 @@ fn tbf_queueing_delay_moves_the_rtt_histogram() {
             m.poll(Instant::now()).expect("poll");
         }
     };
-    stream_from_server(baseline, &hosts.client_ns, &hosts.server_ns, 4 << 20, Duration::from_millis(20), || poll_for(Duration::from_secs(1)));
+    stream_from_server(
+        baseline,
+        &hosts.client_ns,
+        &hosts.server_ns,
+        4 << 20,
+        Duration::from_millis(20),
+        || poll_for(Duration::from_secs(1)),
+    );
     // 4 Mbit/s with a 50 KB queue: a full queue adds 100 ms, and a bulk sender keeps it 70-100%
     // full (it backs off by 30% at each tail drop; the receive window is far larger)
-    run_in(&hosts.server_ns, "tc", &["qdisc", "add", "dev", &hosts.server_if, "root", "tbf", "rate", "4mbit", "burst", "16kb", "limit", "50000"]);
-    stream_from_server(delayed, &hosts.client_ns, &hosts.server_ns, 2 << 20, Duration::ZERO, || poll_for(Duration::from_secs(3)));
+    run_in(
+        &hosts.server_ns,
+        "tc",
+        &[
+            "qdisc",
+            "add",
+            "dev",
+            &hosts.server_if,
+            "root",
+            "tbf",
+            "rate",
+            "4mbit",
+            "burst",
+            "16kb",
+            "limit",
+            "50000",
+        ],
+    );
+    stream_from_server(
+        delayed,
+        &hosts.client_ns,
+        &hosts.server_ns,
+        2 << 20,
+        Duration::ZERO,
+        || poll_for(Duration::from_secs(3)),
+    );
     let (_, base_key) = pair_keys(hosts.client_v4, hosts.server_v4, 8004);
     let (_, delayed_key) = pair_keys(hosts.client_v4, hosts.server_v4, 8005);
     poll_until(&mut m, "both transfers closed", |m| {
@@ -308,13 +440,26 @@ fn tbf_queueing_delay_moves_the_rtt_histogram() {
     let slow = counters(&m, &delayed_key).rtt;
     let base_p50 = base.quantile_upper_us(0.5).expect("baseline samples");
     let slow_max = slow.quantile_upper_us(1.0).expect("delayed samples");
-    eprintln!("baseline rtt {:?} us mean, p50 <= {base_p50}; delayed {:?} us mean, max <= {slow_max}", base.mean_us(), slow.mean_us());
+    eprintln!(
+        "baseline rtt {:?} us mean, p50 <= {base_p50}; delayed {:?} us mean, max <= {slow_max}",
+        base.mean_us(),
+        slow.mean_us()
+    );
     let slow_p50 = slow.quantile_upper_us(0.5).expect("delayed samples");
-    assert!(base.count >= 2 && slow.count >= 4, "walk samples while streaming: {base:?} {slow:?}");
-    assert!(base_p50 <= 4_096, "veth baseline RTT stays in the low milliseconds: {base:?}");
+    assert!(
+        base.count >= 2 && slow.count >= 4,
+        "walk samples while streaming: {base:?} {slow:?}"
+    );
+    assert!(
+        base_p50 <= 4_096,
+        "veth baseline RTT stays in the low milliseconds: {base:?}"
+    );
     // a full 50 KB queue at 4 Mbit/s is 100 ms: the median moves into (32, 128] ms, and the
     // top bucket no further than (128, 256] ms
-    assert!((65_536..=131_072).contains(&slow_p50), "delayed median near 100 ms: {slow:?}");
+    assert!(
+        (65_536..=131_072).contains(&slow_p50),
+        "delayed median near 100 ms: {slow:?}"
+    );
     assert!(slow_max <= 262_144, "nothing beyond the queue's delay: {slow:?}");
 }
 
@@ -368,28 +513,119 @@ fn long_lived(in_namespaces: bool) {
         }
         sender.join().expect("sender")
     });
-    poll_until(&mut m, "the stream closed on both ends", |m| closed_both(m, &ck, &sk, 1));
+    poll_until(&mut m, "the stream closed on both ends", |m| {
+        closed_both(m, &ck, &sk, 1)
+    });
     eprintln!("per poll (server sent, client received, active): {observed:?}");
     assert!(observed.len() >= 7, "polled while streaming");
     for w in observed.windows(2) {
         assert!(w[1].0 > w[0].0, "server bytes grow every poll: {observed:?}");
-        assert!(w[1].1 > w[0].1, "client (pure receiver) bytes grow every poll: {observed:?}");
+        assert!(
+            w[1].1 > w[0].1,
+            "client (pure receiver) bytes grow every poll: {observed:?}"
+        );
     }
-    assert!(observed.iter().all(|o| o.2 == 1 && o.3 == 1), "one active connection per end: {observed:?}");
+    assert!(
+        observed.iter().all(|o| o.2 == 1 && o.3 == 1),
+        "one active connection per end: {observed:?}"
+    );
     let c = counters(&m, &ck);
     let srv = counters(&m, &sk);
     assert_eq!(srv.bytes_sent, sent as u64, "server total exact");
     assert_eq!(c.bytes_received, sent as u64, "client total exact");
-    assert_eq!((c.conn_established, srv.conn_established), (1, 1), "counted once though walked many times");
+    assert_eq!(
+        (c.conn_established, srv.conn_established),
+        (1, 1),
+        "counted once though walked many times"
+    );
     assert_eq!((c.bytes_sent, srv.bytes_received), (0, 0));
 }
 
 #[test]
 fn long_lived_flow_is_current_every_poll_on_loopback() {
+    let _serial = serial();
     long_lived(false);
 }
 
 #[test]
 fn long_lived_flow_is_current_every_poll_inside_namespaces() {
+    let _serial = serial();
     long_lived(true);
+}
+
+/// A child cgroup removed on drop, after the processes moved into it have exited.
+struct ChildCgroup(std::path::PathBuf);
+
+impl ChildCgroup {
+    fn new() -> Self {
+        let root = flowtel::sampler::cgroup2_root().expect("cgroup v2 mounted");
+        let path = root.join(format!("flowtel-test-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create child cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A bash client that joins `cgroup` (when given) before it connects, sends `hello`, and reads
+/// the answer: its socket belongs to that cgroup.
+fn bash_client(cgroup: Option<&std::path::Path>, port: u16) {
+    let join = cgroup.map_or(String::new(), |c| format!("echo $$ > {}/cgroup.procs && ", c.display()));
+    let script = format!("{join}exec 3<>/dev/tcp/127.0.0.1/{port} && printf hello >&3 && cat <&3 >/dev/null");
+    let status = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "bash client: {script}");
+}
+
+#[test]
+fn a_child_cgroup_sees_only_its_own_sockets() {
+    let _serial = serial();
+    let child = ChildCgroup::new();
+    let mut m = monitor_with(SamplerConfig {
+        cgroup_path: Some(child.0.clone()),
+        ..Default::default()
+    });
+    assert_eq!(m.sampler().target().path, child.0);
+    let inside = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let outside = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (p_in, p_out) = (
+        inside.local_addr().expect("addr").port(),
+        outside.local_addr().expect("addr").port(),
+    );
+    std::thread::scope(|s| {
+        for l in [&inside, &outside] {
+            s.spawn(move || {
+                let (mut c, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 5];
+                c.read_exact(&mut buf).expect("hello");
+                c.write_all(b"world!").expect("answer");
+            });
+        }
+        bash_client(Some(&child.0), p_in);
+        bash_client(None, p_out);
+    });
+    let ck = key(LO4, LO4, p_in, Role::Client);
+    poll_until(&mut m, "the child cgroup's client closed", |m| {
+        counters(m, &ck).conn_closed + counters(m, &ck).conn_reset >= 1
+    });
+    let c = counters(&m, &ck);
+    assert_eq!((c.bytes_sent, c.bytes_received), (5, 6));
+    assert_eq!(m.table().get(&ck).expect("pair").owner.comm.as_deref(), Some("bash"));
+    let others: Vec<_> = m
+        .table()
+        .pairs()
+        .into_iter()
+        .filter(|p| p.key != ck && (p.key.service_port == p_in || p.key.service_port == p_out))
+        .map(|p| p.key)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "sockets outside the cgroup are not watched: {others:?}"
+    );
 }

@@ -43,7 +43,10 @@ fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
         if let Err(e) = monitor.poll(now) {
-            tracing::warn!(error = %e, "poll failed; retrying next interval");
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "poll failed; retrying next interval"
+            );
             continue;
         }
         if now.duration_since(last_summary) >= summary_every {
@@ -114,5 +117,10 @@ pub fn snapshot(config: &Config, seconds: f64) -> anyhow::Result<Snapshot> {
         }
     }
     let cgroup = monitor.sampler().target().path.display().to_string();
-    Ok(Snapshot::new(monitor.table(), monitor.stats(), started.elapsed().as_secs_f64(), cgroup))
+    Ok(Snapshot::new(
+        monitor.table(),
+        monitor.stats(),
+        started.elapsed().as_secs_f64(),
+        cgroup,
+    ))
 }

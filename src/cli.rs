@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "flowtel", version, about = "TCP flow pairs from eBPF, exported as OpenTelemetry metrics")]
+#[command(
+    name = "flowtel",
+    version,
+    about = "TCP flow pairs from eBPF, exported as OpenTelemetry metrics"
+)]
 pub struct Cli {
     /// TOML configuration file (see config/flowtel.toml)
     #[arg(long, global = true, env = "FLOWTEL_CONFIG", value_name = "FILE")]
@@ -48,7 +52,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("snapshot task panicked")??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot).context("encoding the snapshot")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snapshot).context("encoding the snapshot")?
+                );
             } else {
                 print!("{}", snapshot.to_text());
             }

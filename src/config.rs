@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
-use crate::sampler::{SamplerConfig, DEFAULT_HANDSHAKE_MAP_CAPACITY, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
+use crate::sampler::{
+    SamplerConfig, DEFAULT_HANDSHAKE_MAP_CAPACITY, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY,
+};
 
 const ENV_PREFIX: &str = "FLOWTEL_";
 /// FLOWTEL_ variables that are not configuration keys.
@@ -20,7 +23,7 @@ pub const DEFAULT_SUMMARY_INTERVAL_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (check the --config path)")]
+    #[error("cannot read config file {path} (check the --config path or FLOWTEL_CONFIG)")]
     Read {
         path: PathBuf,
         #[source]
@@ -79,7 +82,10 @@ pub struct FlowsSection {
 
 impl Default for FlowsSection {
     fn default() -> Self {
-        Self { idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(), max_pairs: DEFAULT_MAX_PAIRS }
+        Self {
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(),
+            max_pairs: DEFAULT_MAX_PAIRS,
+        }
     }
 }
 
@@ -92,7 +98,9 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { summary_interval_secs: DEFAULT_SUMMARY_INTERVAL_SECS }
+        Self {
+            summary_interval_secs: DEFAULT_SUMMARY_INTERVAL_SECS,
+        }
     }
 }
 
@@ -101,19 +109,27 @@ impl Config {
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-            figment = figment.merge(Toml::string(&text));
+            // figment skips a missing file silently: check that it can be read first
+            std::fs::File::open(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
         }
         // The same mapping as figment's Env provider (FLOWTEL_A__B=v sets a.b, values parsed the
         // same way), over an explicit list so that loading stays testable without a process env.
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let key = rest.to_ascii_lowercase().replace("__", ".");
             if ENV_NOT_CONFIG.contains(&key.as_str()) || key.is_empty() {
                 continue;
             }
-            let value: figment::value::Value = raw.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
-            figment = figment.merge(Serialized::default(&key, value));
+            let value: Value = raw
+                .parse()
+                .unwrap_or_else(|never: std::convert::Infallible| match never {});
+            figment = figment.merge(EnvVar { name, key, value });
         }
         let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(one_line(&e)))?;
         config.validate()?;
@@ -123,7 +139,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.sampler;
         if s.poll_interval_ms < 100 {
-            return Err(ConfigError::Invalid(format!("sampler.poll_interval_ms = {} is below the minimum of 100", s.poll_interval_ms)));
+            return Err(ConfigError::Invalid(format!(
+                "sampler.poll_interval_ms = {} is below the minimum of 100",
+                s.poll_interval_ms
+            )));
         }
         for (name, value) in [
             ("sampler.pair_map_capacity", s.pair_map_capacity),
@@ -138,7 +157,9 @@ impl Config {
             return Err(ConfigError::Invalid("flows.max_pairs must be at least 1".into()));
         }
         if self.run.summary_interval_secs == 0 {
-            return Err(ConfigError::Invalid("run.summary_interval_secs must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "run.summary_interval_secs must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -154,11 +175,31 @@ impl Config {
     }
 
     pub fn flow_table_config(&self) -> FlowTableConfig {
-        FlowTableConfig { idle_timeout: Duration::from_secs(self.flows.idle_timeout_secs), max_pairs: self.flows.max_pairs }
+        FlowTableConfig {
+            idle_timeout: Duration::from_secs(self.flows.idle_timeout_secs),
+            max_pairs: self.flows.max_pairs,
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.sampler.poll_interval_ms)
+    }
+}
+
+/// One `FLOWTEL_*` variable as a figment layer, named so that errors point at the variable.
+struct EnvVar {
+    name: String,
+    key: String,
+    value: Value,
+}
+
+impl Provider for EnvVar {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::default(&self.key, &self.value).data()
     }
 }
 
@@ -192,7 +233,11 @@ mod tests {
     #[test]
     fn env_overrides_file_overrides_defaults() {
         let f = file("[sampler]\npoll_interval_ms = 500\npair_map_capacity = 10\n[flows]\nmax_pairs = 7\n");
-        let env = vars(&[("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "250"), ("FLOWTEL_CONFIG", "ignored"), ("OTHER", "x")]);
+        let env = vars(&[
+            ("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "250"),
+            ("FLOWTEL_CONFIG", "ignored"),
+            ("OTHER", "x"),
+        ]);
         let config = Config::load(Some(f.path()), env).expect("layers load");
         assert_eq!(config.sampler.poll_interval_ms, 250);
         assert_eq!(config.sampler.pair_map_capacity, 10);
@@ -210,10 +255,14 @@ mod tests {
     #[test]
     fn unknown_keys_are_one_line_errors() {
         let f = file("[sampler]\npoll_intervl_ms = 5\n");
-        let err = Config::load(Some(f.path()), vars(&[])).expect_err("typo rejected").to_string();
+        let err = Config::load(Some(f.path()), vars(&[]))
+            .expect_err("typo rejected")
+            .to_string();
         assert!(err.contains("poll_intervl_ms"), "{err}");
         assert!(!err.contains('\n'), "{err}");
-        let err = Config::load(None, vars(&[("FLOWTEL_SAMPLER__NOPE", "1")])).expect_err("unknown env key").to_string();
+        let err = Config::load(None, vars(&[("FLOWTEL_SAMPLER__NOPE", "1")]))
+            .expect_err("unknown env key")
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 

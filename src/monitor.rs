@@ -34,15 +34,17 @@ impl Monitor {
         Ok(Self {
             sampler: Sampler::start(sampler)?,
             table: FlowTable::new(table),
-            stats: AgentStats { pair_map_capacity, ..Default::default() },
+            stats: AgentStats {
+                pair_map_capacity,
+                ..Default::default()
+            },
         })
     }
 
     /// One interval: drain the kernel, update the table, age out idle pairs.
     pub fn poll(&mut self, now: Instant) -> Result<(), SamplerError> {
         let sample = self.sampler.poll()?;
-        self.table
-            .apply_poll(sample.pairs.iter().map(|(k, c, o)| (*k, c, o)), &sample.overflow, now);
+        self.table.apply_poll(&sample.pairs, &sample.overflow, now);
         self.table.evict_idle(now);
         let s = &mut self.stats;
         s.counters = sample.counters;

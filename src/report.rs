@@ -158,14 +158,28 @@ impl Snapshot {
         let _ = writeln!(
             out,
             "{:<6} {:<40} {:<40} {:>5} {:>12} {:>12} {:>7} {:>5} {:>6} {:>6} {:>9} {:<15}",
-            "ROLE", "LOCAL", "REMOTE", "PORT", "TX_BYTES", "RX_BYTES", "RETRANS", "RTO", "CONNS", "ACTIVE", "RTT_MEAN", "COMM"
+            "ROLE",
+            "LOCAL",
+            "REMOTE",
+            "PORT",
+            "TX_BYTES",
+            "RX_BYTES",
+            "RETRANS",
+            "RTO",
+            "CONNS",
+            "ACTIVE",
+            "RTT_MEAN",
+            "COMM"
         );
         for p in pairs {
             let c = &p.counters;
             let retrans = c.retransmits.syn + c.retransmits.established + c.retransmits.close;
             let rto = c.timeouts.syn + c.timeouts.established + c.timeouts.close;
-            let conns = c.connections.established + c.connections.failed.refused + c.connections.failed.timeout
-                + c.connections.failed.reset + c.connections.failed.unreachable;
+            let conns = c.connections.established
+                + c.connections.failed.refused
+                + c.connections.failed.timeout
+                + c.connections.failed.reset
+                + c.connections.failed.unreachable;
             let rtt = c.rtt.mean_us.map_or("-".to_string(), |us| format!("{:.0}us", us));
             let _ = writeln!(
                 out,

@@ -7,11 +7,20 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flowtel::flows::{FlowCounters, FlowKey, FlowTableConfig, Role};
 use flowtel::monitor::Monitor;
 use flowtel::sampler::SamplerConfig;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Kernel tests run one at a time: each attaches its own programs to the same cgroup, and the
+/// fault and timing tests must not share two cores with a churn or bulk test.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// How long a test waits for the kernel to report what it expects before failing.
 pub const SETTLE: Duration = Duration::from_secs(15);
@@ -33,7 +42,12 @@ pub fn poll_until(monitor: &mut Monitor, what: &str, mut done: impl FnMut(&Monit
             return;
         }
         if Instant::now() > deadline {
-            let pairs: Vec<String> = monitor.table().pairs().iter().map(|p| format!("{} {:?}", p.key, p.counters)).collect();
+            let pairs: Vec<String> = monitor
+                .table()
+                .pairs()
+                .iter()
+                .map(|p| format!("{} {:?}", p.key, p.counters))
+                .collect();
             panic!("timed out waiting for {what}; table:\n{}", pairs.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -45,12 +59,20 @@ pub fn counters(monitor: &Monitor, key: &FlowKey) -> FlowCounters {
 }
 
 pub fn key(local: IpAddr, remote: IpAddr, service_port: u16, role: Role) -> FlowKey {
-    FlowKey { local, remote, service_port, role }
+    FlowKey {
+        local,
+        remote,
+        service_port,
+        role,
+    }
 }
 
 /// Both ends of a connection set as flow keys.
 pub fn pair_keys(client: IpAddr, server: IpAddr, port: u16) -> (FlowKey, FlowKey) {
-    (key(client, server, port, Role::Client), key(server, client, port, Role::Server))
+    (
+        key(client, server, port, Role::Client),
+        key(server, client, port, Role::Server),
+    )
 }
 
 pub fn write_all_and_finish(stream: &mut TcpStream, bytes: usize) {
@@ -98,8 +120,16 @@ pub fn exchange(listener: &TcpListener, server_addr: SocketAddr, request: usize,
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
 pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} not runnable: {e}"));
-    assert!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} not runnable: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn run_in(ns: &str, cmd: &str, args: &[&str]) {
@@ -125,7 +155,11 @@ pub struct VethPair {
 impl VethPair {
     /// `subnet` picks 10.213.<subnet>.0/24 and fd00:f10:<subnet>::/64, unique per test.
     pub fn new(subnet: u8) -> Self {
-        let id = format!("{}-{}", std::process::id() % 100_000, NEXT_NS.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            std::process::id() % 100_000,
+            NEXT_NS.fetch_add(1, Ordering::Relaxed)
+        );
         let pair = Self {
             client_ns: format!("ftl-c-{id}"),
             server_ns: format!("ftl-s-{id}"),
@@ -144,7 +178,23 @@ impl VethPair {
     fn setup(&self) {
         run("ip", &["netns", "add", &self.client_ns]);
         run("ip", &["netns", "add", &self.server_ns]);
-        run("ip", &["link", "add", &self.client_if, "netns", &self.client_ns, "type", "veth", "peer", "name", &self.server_if, "netns", &self.server_ns]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &self.client_if,
+                "netns",
+                &self.client_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.server_if,
+                "netns",
+                &self.server_ns,
+            ],
+        );
         for (ns, ifname, v4, v6) in [
             (&self.client_ns, &self.client_if, self.client_v4, self.client_v6),
             (&self.server_ns, &self.server_if, self.server_v4, self.server_v6),
@@ -175,7 +225,18 @@ impl VethPair {
     /// Adds an nftables input-hook rule inside `ns` (table `inet flowtel_test`, chain `in`).
     pub fn nft_input_rule(ns: &str, rule: &str) {
         run_in(ns, "nft", &["add", "table", "inet", "flowtel_test"]);
-        run_in(ns, "nft", &["add", "chain", "inet", "flowtel_test", "in", "{ type filter hook input priority 0; policy accept; }"]);
+        run_in(
+            ns,
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                "flowtel_test",
+                "in",
+                "{ type filter hook input priority 0; policy accept; }",
+            ],
+        );
         run_in(ns, "nft", &[&format!("add rule inet flowtel_test in {rule}")]);
     }
 
@@ -185,22 +246,40 @@ impl VethPair {
 
     /// The kernel's own TCP MIB counter (e.g. RetransSegs) in namespace `ns`.
     pub fn tcp_mib(ns: &str, name: &str) -> u64 {
-        let snmp = Self::in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp"));
+        let snmp = Self::in_ns(ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp")
+        });
         let mut tcp_lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
         let header = tcp_lines.next().expect("Tcp header");
         let values = tcp_lines.next().expect("Tcp values");
-        let idx = header.split_whitespace().position(|h| h == name).unwrap_or_else(|| panic!("no Tcp {name}"));
-        values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("numeric MIB value")
+        let idx = header
+            .split_whitespace()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no Tcp {name}"));
+        values
+            .split_whitespace()
+            .nth(idx)
+            .and_then(|v| v.parse().ok())
+            .expect("numeric MIB value")
     }
 
     /// The kernel's own TcpExt counter (e.g. TCPTimeouts) in namespace `ns`.
     pub fn tcpext_mib(ns: &str, name: &str) -> u64 {
-        let netstat = Self::in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat"));
+        let netstat = Self::in_ns(ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat")
+        });
         let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
         let header = lines.next().expect("TcpExt header");
         let values = lines.next().expect("TcpExt values");
-        let idx = header.split_whitespace().position(|h| h == name).unwrap_or_else(|| panic!("no TcpExt {name}"));
-        values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("numeric MIB value")
+        let idx = header
+            .split_whitespace()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no TcpExt {name}"));
+        values
+            .split_whitespace()
+            .nth(idx)
+            .and_then(|v| v.parse().ok())
+            .expect("numeric MIB value")
     }
 }
 

@@ -8,4 +8,6 @@ mod table;
 
 pub use key::{FlowKey, Role};
 pub use stats::{ConnectFailure, FlowCounters, Log2Histogram, Owner, Phase, HIST_BUCKETS};
-pub use table::{FlowPair, FlowTable, FlowTableConfig, FlowTableStats, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
+pub use table::{
+    FlowPair, FlowTable, FlowTableConfig, FlowTableStats, PairDelta, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS,
+};

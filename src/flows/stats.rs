@@ -39,8 +39,12 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
-    pub const ALL: [ConnectFailure; 4] =
-        [ConnectFailure::Refused, ConnectFailure::Timeout, ConnectFailure::Reset, ConnectFailure::Unreachable];
+    pub const ALL: [ConnectFailure; 4] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Reset,
+        ConnectFailure::Unreachable,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -256,7 +260,10 @@ mod tests {
 
     #[test]
     fn add_sums_additive_fields_and_leaves_the_gauge() {
-        let mut total = FlowCounters { active: 3, ..Default::default() };
+        let mut total = FlowCounters {
+            active: 3,
+            ..Default::default()
+        };
         let delta = FlowCounters {
             bytes_sent: 10,
             retrans: [1, 2, 3],
@@ -274,7 +281,15 @@ mod tests {
 
     #[test]
     fn a_gauge_alone_is_not_activity() {
-        assert!(!FlowCounters { active: 2, ..Default::default() }.has_activity());
-        assert!(FlowCounters { segs_received: 1, ..Default::default() }.has_activity());
+        assert!(!FlowCounters {
+            active: 2,
+            ..Default::default()
+        }
+        .has_activity());
+        assert!(FlowCounters {
+            segs_received: 1,
+            ..Default::default()
+        }
+        .has_activity());
     }
 }

@@ -5,6 +5,15 @@ use serde::Serialize;
 
 use super::{FlowCounters, FlowKey, Owner};
 
+/// One pair's deltas for one poll interval, as the sampler reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairDelta {
+    pub key: FlowKey,
+    /// Additive fields are deltas; `active` is the walk's live-connection gauge.
+    pub counters: FlowCounters,
+    pub owner: Owner,
+}
+
 /// Pairs with no activity and no live connection for this long are dropped from the table.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Memory bound: beyond this many pairs, new pairs fold into the overflow bucket.
@@ -18,7 +27,10 @@ pub struct FlowTableConfig {
 
 impl Default for FlowTableConfig {
     fn default() -> Self {
-        Self { idle_timeout: DEFAULT_IDLE_TIMEOUT, max_pairs: DEFAULT_MAX_PAIRS }
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_pairs: DEFAULT_MAX_PAIRS,
+        }
     }
 }
 
@@ -69,17 +81,22 @@ impl FlowTable {
     /// that ended the poll; pairs without a delta had none alive.
     pub fn apply_poll<'a>(
         &mut self,
-        deltas: impl IntoIterator<Item = (FlowKey, &'a FlowCounters, &'a Owner)>,
+        deltas: impl IntoIterator<Item = &'a PairDelta>,
         kernel_overflow: &FlowCounters,
         now: Instant,
     ) {
         for pair in self.pairs.values_mut() {
             pair.counters.active = 0;
         }
-        for (key, delta, owner) in deltas {
+        for PairDelta {
+            key,
+            counters: delta,
+            owner,
+        } in deltas
+        {
             self.totals.add(delta);
             let full = self.pairs.len() >= self.config.max_pairs;
-            match self.pairs.get_mut(&key) {
+            match self.pairs.get_mut(key) {
                 Some(pair) => Self::merge(pair, delta, owner, now),
                 None if full => {
                     self.overflow.add(delta);
@@ -87,13 +104,13 @@ impl FlowTable {
                 }
                 None => {
                     let mut pair = FlowPair {
-                        key,
+                        key: *key,
                         counters: FlowCounters::default(),
                         owner: Owner::default(),
                         last_active: now,
                     };
                     Self::merge(&mut pair, delta, owner, now);
-                    self.pairs.insert(key, pair);
+                    self.pairs.insert(*key, pair);
                 }
             }
         }
@@ -137,7 +154,7 @@ impl FlowTable {
     /// Pairs in key order.
     pub fn pairs(&self) -> Vec<&FlowPair> {
         let mut pairs: Vec<&FlowPair> = self.pairs.values().collect();
-        pairs.sort_by(|a, b| a.key.cmp(&b.key));
+        pairs.sort_by_key(|p| p.key);
         pairs
     }
 
@@ -186,7 +203,20 @@ mod tests {
     }
 
     fn delta(bytes_sent: u64) -> FlowCounters {
-        FlowCounters { bytes_sent, segs_sent: 1, conn_established: 1, ..Default::default() }
+        FlowCounters {
+            bytes_sent,
+            segs_sent: 1,
+            conn_established: 1,
+            ..Default::default()
+        }
+    }
+
+    fn pd(key: FlowKey, counters: FlowCounters, owner: &Owner) -> PairDelta {
+        PairDelta {
+            key,
+            counters,
+            owner: owner.clone(),
+        }
     }
 
     fn sum_of(table: &FlowTable) -> FlowCounters {
@@ -205,8 +235,12 @@ mod tests {
         let mut table = FlowTable::new(FlowTableConfig::default());
         let k = key(2, 443, Role::Client);
         let none = Owner::default();
-        table.apply_poll([(k, &delta(100), &none)], &FlowCounters::default(), t0);
-        table.apply_poll([(k, &delta(50), &none)], &FlowCounters::default(), t0 + Duration::from_secs(1));
+        table.apply_poll([&pd(k, delta(100), &none)], &FlowCounters::default(), t0);
+        table.apply_poll(
+            [&pd(k, delta(50), &none)],
+            &FlowCounters::default(),
+            t0 + Duration::from_secs(1),
+        );
         let pair = table.get(&k).expect("pair present");
         assert_eq!(pair.counters.bytes_sent, 150);
         assert_eq!(pair.counters.conn_established, 2);
@@ -220,7 +254,10 @@ mod tests {
         let none = Owner::default();
         let d = delta(1);
         table.apply_poll(
-            [(key(2, 80, Role::Client), &d, &none), (key(2, 80, Role::Server), &d, &none)],
+            [
+                &pd(key(2, 80, Role::Client), d.clone(), &none),
+                &pd(key(2, 80, Role::Server), d, &none),
+            ],
             &FlowCounters::default(),
             t0,
         );
@@ -230,19 +267,33 @@ mod tests {
     #[test]
     fn totals_stay_exact_through_overflow_and_eviction() {
         let t0 = Instant::now();
-        let config = FlowTableConfig { idle_timeout: Duration::from_secs(10), max_pairs: 3 };
+        let config = FlowTableConfig {
+            idle_timeout: Duration::from_secs(10),
+            max_pairs: 3,
+        };
         let mut table = FlowTable::new(config);
         let none = Owner::default();
-        let kernel_overflow = FlowCounters { bytes_received: 7, retrans: [0, 2, 0], ..Default::default() };
-        let deltas: Vec<(FlowKey, FlowCounters)> = (1..=5).map(|i| (key(i, 80, Role::Server), delta(u64::from(i) * 10))).collect();
-        table.apply_poll(deltas.iter().map(|(k, d)| (*k, d, &none)), &kernel_overflow, t0);
+        let kernel_overflow = FlowCounters {
+            bytes_received: 7,
+            retrans: [0, 2, 0],
+            ..Default::default()
+        };
+        let deltas: Vec<(FlowKey, FlowCounters)> = (1..=5)
+            .map(|i| (key(i, 80, Role::Server), delta(u64::from(i) * 10)))
+            .collect();
+        let deltas: Vec<PairDelta> = deltas.into_iter().map(|(k, d)| pd(k, d, &none)).collect();
+        table.apply_poll(&deltas, &kernel_overflow, t0);
         assert_eq!(table.len(), 3);
         assert_eq!(table.stats().overflowed_deltas, 2);
         assert_eq!(table.overflow().bytes_sent, 40 + 50);
         assert_eq!(table.overflow().bytes_received, 7);
 
         let later = t0 + Duration::from_secs(11);
-        table.apply_poll([(key(1, 80, Role::Server), &delta(1), &none)], &FlowCounters::default(), later);
+        table.apply_poll(
+            [&pd(key(1, 80, Role::Server), delta(1), &none)],
+            &FlowCounters::default(),
+            later,
+        );
         assert_eq!(table.evict_idle(later), 2);
         assert_eq!(table.len(), 1);
         assert_eq!(table.evicted().bytes_sent, 20 + 30);
@@ -255,17 +306,31 @@ mod tests {
     #[test]
     fn live_connections_keep_an_idle_pair() {
         let t0 = Instant::now();
-        let config = FlowTableConfig { idle_timeout: Duration::from_secs(10), max_pairs: 10 };
+        let config = FlowTableConfig {
+            idle_timeout: Duration::from_secs(10),
+            max_pairs: 10,
+        };
         let mut table = FlowTable::new(config);
         let none = Owner::default();
         let k = key(9, 5432, Role::Client);
-        let gauge_only = FlowCounters { active: 1, ..Default::default() };
-        table.apply_poll([(k, &delta(1), &none)], &FlowCounters::default(), t0);
-        table.apply_poll([(k, &gauge_only, &none)], &FlowCounters::default(), t0 + Duration::from_secs(20));
+        let gauge_only = FlowCounters {
+            active: 1,
+            ..Default::default()
+        };
+        table.apply_poll([&pd(k, delta(1), &none)], &FlowCounters::default(), t0);
+        table.apply_poll(
+            [&pd(k, gauge_only, &none)],
+            &FlowCounters::default(),
+            t0 + Duration::from_secs(20),
+        );
         assert_eq!(table.evict_idle(t0 + Duration::from_secs(40)), 0);
         assert_eq!(table.get(&k).map(|p| p.counters.active), Some(1));
         // the walk stops seeing it: the gauge drops to zero, and the pair ages out
-        table.apply_poll(std::iter::empty(), &FlowCounters::default(), t0 + Duration::from_secs(41));
+        table.apply_poll(
+            std::iter::empty(),
+            &FlowCounters::default(),
+            t0 + Duration::from_secs(41),
+        );
         assert_eq!(table.get(&k).map(|p| p.counters.active), Some(0));
         assert_eq!(table.evict_idle(t0 + Duration::from_secs(60)), 1);
     }
@@ -280,10 +345,18 @@ mod tests {
             service_port: 8080,
             role: Role::Client,
         };
-        let curl = Owner { pid: Some(42), comm: Some("curl".into()), cgroup_id: Some(1) };
-        let cgroup_only = Owner { pid: None, comm: None, cgroup_id: Some(7) };
-        table.apply_poll([(k, &delta(1), &curl)], &FlowCounters::default(), t0);
-        table.apply_poll([(k, &delta(1), &cgroup_only)], &FlowCounters::default(), t0);
+        let curl = Owner {
+            pid: Some(42),
+            comm: Some("curl".into()),
+            cgroup_id: Some(1),
+        };
+        let cgroup_only = Owner {
+            pid: None,
+            comm: None,
+            cgroup_id: Some(7),
+        };
+        table.apply_poll([&pd(k, delta(1), &curl)], &FlowCounters::default(), t0);
+        table.apply_poll([&pd(k, delta(1), &cgroup_only)], &FlowCounters::default(), t0);
         let owner = &table.get(&k).expect("pair").owner;
         assert_eq!(owner.pid, Some(42));
         assert_eq!(owner.comm.as_deref(), Some("curl"));

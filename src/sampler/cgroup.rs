@@ -31,7 +31,11 @@ pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mountinfo(field: &str) -> String {
-    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The cgroup-v2 root: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid ones,
@@ -48,8 +52,10 @@ pub fn detect_root(mountinfo: &str) -> Result<PathBuf, SamplerError> {
 
 /// Resolves the configured path (or the detected root) into an attach target.
 pub fn resolve(configured: Option<&Path>) -> Result<CgroupTarget, SamplerError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|source| SamplerError::Io { what: "reading /proc/self/mountinfo".into(), source })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SamplerError::Io {
+        what: "reading /proc/self/mountinfo".into(),
+        source,
+    })?;
     let mounts = cgroup2_mounts(&mountinfo);
     let path = match configured {
         Some(p) => p.to_path_buf(),
@@ -62,7 +68,11 @@ pub fn resolve(configured: Option<&Path>) -> Result<CgroupTarget, SamplerError> 
         .max_by_key(|m| m.components().count())
         .ok_or_else(|| SamplerError::CgroupPath { path: path.clone() })?;
     let level = path.components().count() - root.components().count();
-    Ok(CgroupTarget { id: if level == 0 { 0 } else { meta.ino() }, level: level as u32, path })
+    Ok(CgroupTarget {
+        id: if level == 0 { 0 } else { meta.ino() },
+        level: level as u32,
+        path,
+    })
 }
 
 #[cfg(test)]

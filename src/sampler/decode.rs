@@ -21,7 +21,10 @@ pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
             let r: [u8; 4] = raw.remote_addr[..4].try_into().ok()?;
             (IpAddr::V4(Ipv4Addr::from(l)), IpAddr::V4(Ipv4Addr::from(r)))
         }
-        6 => (IpAddr::V6(Ipv6Addr::from(raw.local_addr)), IpAddr::V6(Ipv6Addr::from(raw.remote_addr))),
+        6 => (
+            IpAddr::V6(Ipv6Addr::from(raw.local_addr)),
+            IpAddr::V6(Ipv6Addr::from(raw.remote_addr)),
+        ),
         _ => return None,
     };
     let role = match u32::from(raw.role) {
@@ -29,11 +32,20 @@ pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
         r if r == types::flowtel_role::FLOWTEL_ROLE_SERVER.0 => Role::Server,
         _ => return None,
     };
-    Some(FlowKey { local, remote, service_port: raw.service_port, role })
+    Some(FlowKey {
+        local,
+        remote,
+        service_port: raw.service_port,
+        role,
+    })
 }
 
 fn histogram(count: u64, sum_us: u64, buckets: &[u32]) -> Log2Histogram {
-    let mut h = Log2Histogram { count, sum_us, ..Default::default() };
+    let mut h = Log2Histogram {
+        count,
+        sum_us,
+        ..Default::default()
+    };
     for (dst, src) in h.buckets.iter_mut().zip(buckets) {
         *dst = u64::from(*src);
     }
@@ -97,7 +109,12 @@ mod tests {
 
     #[test]
     fn ipv4_client_key() {
-        let mut raw = types::flowtel_pair_key { family: 4, role: 1, service_port: 443, ..Default::default() };
+        let mut raw = types::flowtel_pair_key {
+            family: 4,
+            role: 1,
+            service_port: 443,
+            ..Default::default()
+        };
         raw.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         raw.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         let key = pair_key(&key_bytes(&raw)).expect("valid key");
@@ -109,7 +126,12 @@ mod tests {
 
     #[test]
     fn ipv6_server_key_and_bad_family() {
-        let mut raw = types::flowtel_pair_key { family: 6, role: 2, service_port: 80, ..Default::default() };
+        let mut raw = types::flowtel_pair_key {
+            family: 6,
+            role: 2,
+            service_port: 80,
+            ..Default::default()
+        };
         raw.local_addr = Ipv6Addr::LOCALHOST.octets();
         raw.remote_addr = Ipv6Addr::LOCALHOST.octets();
         let key = pair_key(&key_bytes(&raw)).expect("valid key");
@@ -121,8 +143,20 @@ mod tests {
 
     #[test]
     fn per_cpu_values_sum() {
-        let a = types::flowtel_pair_stats { bytes_sent: 5, active: 1, rtt_count: 1, rtt_sum_us: 40, ..Default::default() };
-        let mut b = types::flowtel_pair_stats { bytes_sent: 7, active: 2, pid: 99, cgroup_id: 3, ..Default::default() };
+        let a = types::flowtel_pair_stats {
+            bytes_sent: 5,
+            active: 1,
+            rtt_count: 1,
+            rtt_sum_us: 40,
+            ..Default::default()
+        };
+        let mut b = types::flowtel_pair_stats {
+            bytes_sent: 7,
+            active: 2,
+            pid: 99,
+            cgroup_id: 3,
+            ..Default::default()
+        };
         b.comm[..4].copy_from_slice(&[b'c' as i8, b'u' as i8, b'r' as i8, b'l' as i8]);
         b.rtt_hist[6] = 1;
         // SAFETY: reading Plain structs as bytes.

@@ -21,10 +21,26 @@ use serde::Serialize;
 
 pub use cgroup::CgroupTarget;
 
-use crate::flows::{FlowCounters, FlowKey, Owner};
+/// The root of this host's cgroup-v2 hierarchy, wherever it is mounted.
+pub fn cgroup2_root() -> Result<PathBuf, SamplerError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SamplerError::Io {
+        what: "reading /proc/self/mountinfo".into(),
+        source,
+    })?;
+    cgroup::detect_root(&mountinfo)
+}
+
+use crate::flows::{FlowCounters, PairDelta};
 
 mod skel {
-    #![allow(clippy::all, clippy::pedantic, unused_imports, non_camel_case_types, non_snake_case, dead_code)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        unused_imports,
+        non_camel_case_types,
+        non_snake_case,
+        dead_code
+    )]
     include!(concat!(env!("OUT_DIR"), "/flowtel.skel.rs"));
 }
 use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
@@ -46,13 +62,13 @@ pub enum SamplerError {
     CgroupPath { path: PathBuf },
     #[error("missing privilege ({what}): run flowtel as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN")]
     Permission { what: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Bpf {
         what: String,
         #[source]
         source: libbpf_rs::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -105,7 +121,7 @@ pub struct AgentCounters {
 #[derive(Debug, Default)]
 pub struct KernelSample {
     /// Deltas per pair for the interval, with the walk's active gauge and the owner seen.
-    pub pairs: Vec<(FlowKey, FlowCounters, Owner)>,
+    pub pairs: Vec<PairDelta>,
     /// Folds that went to the overflow bucket during the interval.
     pub overflow: FlowCounters,
     pub counters: AgentCounters,
@@ -143,7 +159,10 @@ impl Sampler {
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = FlowtelSkelBuilder::default()
             .open(storage)
-            .map_err(|source| SamplerError::Bpf { what: "opening the BPF object".into(), source })?;
+            .map_err(|source| SamplerError::Bpf {
+                what: "opening the BPF object".into(),
+                source,
+            })?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.flowtel_per_ack_rtt = config.per_ack_rtt;
             rodata.flowtel_cgroup_id = target.id;
@@ -157,11 +176,18 @@ impl Sampler {
         ];
         for (map, capacity) in sizing {
             map.set_max_entries(capacity.max(1))
-                .map_err(|source| SamplerError::Bpf { what: "sizing a BPF map".into(), source })?;
+                .map_err(|source| SamplerError::Bpf {
+                    what: "sizing a BPF map".into(),
+                    source,
+                })?;
         }
-        let skel = open.load().map_err(|source| load_error("loading the BPF programs (verifier log above)", source))?;
+        let skel = open
+            .load()
+            .map_err(|source| load_error("loading the BPF programs (verifier log above)", source))?;
 
-        let cgroup_dir = std::fs::File::open(&target.path).map_err(|_| SamplerError::CgroupPath { path: target.path.clone() })?;
+        let cgroup_dir = std::fs::File::open(&target.path).map_err(|_| SamplerError::CgroupPath {
+            path: target.path.clone(),
+        })?;
         let sockops_link = skel
             .progs
             .flowtel_sockops
@@ -204,7 +230,11 @@ impl Sampler {
 
         let drained_is_b = self.active_is_b;
         self.swap_pair_maps()?;
-        let inner = if drained_is_b { &self.skel.maps.pairs_b } else { &self.skel.maps.pairs_a };
+        let inner = if drained_is_b {
+            &self.skel.maps.pairs_b
+        } else {
+            &self.skel.maps.pairs_a
+        };
         let mut counters = AgentCounters::default();
         let (pairs, pair_map_entries) = drain(inner, &mut counters)?;
 
@@ -228,13 +258,20 @@ impl Sampler {
     /// Points the one-slot outer map at the other inner map. The kernel returns from this
     /// update only after an RCU grace period, so no program still holds the old map.
     fn swap_pair_maps(&mut self) -> Result<(), SamplerError> {
-        let next = if self.active_is_b { &self.skel.maps.pairs_a } else { &self.skel.maps.pairs_b };
+        let next = if self.active_is_b {
+            &self.skel.maps.pairs_a
+        } else {
+            &self.skel.maps.pairs_b
+        };
         let fd = next.as_fd().as_raw_fd();
         self.skel
             .maps
             .pairs_active
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| SamplerError::Bpf { what: "swapping the pair maps".into(), source })?;
+            .map_err(|source| SamplerError::Bpf {
+                what: "swapping the pair maps".into(),
+                source,
+            })?;
         self.active_is_b = !self.active_is_b;
         Ok(())
     }
@@ -254,7 +291,10 @@ impl Sampler {
             .maps
             .overflow
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| SamplerError::Bpf { what: "reading the overflow bucket".into(), source })?
+            .map_err(|source| SamplerError::Bpf {
+                what: "reading the overflow bucket".into(),
+                source,
+            })?
             .unwrap_or_default();
         Ok(decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice)).0)
     }
@@ -264,7 +304,10 @@ impl Sampler {
         let read = |c: types::flowtel_counter| -> Result<u64, SamplerError> {
             let values = map
                 .lookup_percpu(&c.0.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| SamplerError::Bpf { what: "reading the agent counters".into(), source })?
+                .map_err(|source| SamplerError::Bpf {
+                    what: "reading the agent counters".into(),
+                    source,
+                })?
                 .unwrap_or_default();
             Ok(decode::counter_per_cpu(values.iter().map(Vec::as_slice)))
         };
@@ -279,21 +322,25 @@ impl Sampler {
 }
 
 /// Reads and empties an inner pair map that no program writes any more.
-fn drain(
-    inner: &impl MapCore,
-    counters: &mut AgentCounters,
-) -> Result<(Vec<(FlowKey, FlowCounters, Owner)>, usize), SamplerError> {
+fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<PairDelta>, usize), SamplerError> {
     let keys: Vec<Vec<u8>> = inner.keys().collect();
     let mut pairs = Vec::with_capacity(keys.len());
     for key in &keys {
         let values = inner
             .lookup_percpu(key, MapFlags::ANY)
-            .map_err(|source| SamplerError::Bpf { what: "reading the pair map".into(), source })?;
+            .map_err(|source| SamplerError::Bpf {
+                what: "reading the pair map".into(),
+                source,
+            })?;
         let Some(values) = values else { continue };
         match decode::pair_key(key) {
             Some(flow) => {
-                let (delta, owner) = decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice));
-                pairs.push((flow, delta, owner));
+                let (counters, owner) = decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice));
+                pairs.push(PairDelta {
+                    key: flow,
+                    counters,
+                    owner,
+                });
             }
             None => counters.undecodable_pairs += 1,
         }
@@ -302,7 +349,10 @@ fn drain(
         let flat: Vec<u8> = keys.iter().flatten().copied().collect();
         inner
             .delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
-            .map_err(|source| SamplerError::Bpf { what: "emptying the pair map".into(), source })?;
+            .map_err(|source| SamplerError::Bpf {
+                what: "emptying the pair map".into(),
+                source,
+            })?;
     }
     debug_assert!(keys.iter().all(|k| k.len() == decode::KEY_SIZE));
     Ok((pairs, keys.len()))
@@ -325,7 +375,10 @@ fn subtract(total: &mut FlowCounters, seen: &FlowCounters) {
     for i in 0..4 {
         sub(&mut total.conn_failed[i], seen.conn_failed[i]);
     }
-    for (h, s) in [(&mut total.connect_duration, &seen.connect_duration), (&mut total.rtt, &seen.rtt)] {
+    for (h, s) in [
+        (&mut total.connect_duration, &seen.connect_duration),
+        (&mut total.rtt, &seen.rtt),
+    ] {
         sub(&mut h.count, s.count);
         sub(&mut h.sum_us, s.sum_us);
         for (a, b) in h.buckets.iter_mut().zip(s.buckets.iter()) {
@@ -339,7 +392,10 @@ fn load_error(what: &str, source: libbpf_rs::Error) -> SamplerError {
     if matches!(source.kind(), libbpf_rs::ErrorKind::PermissionDenied) {
         SamplerError::Permission { what: what.to_string() }
     } else {
-        SamplerError::Bpf { what: what.to_string(), source }
+        SamplerError::Bpf {
+            what: what.to_string(),
+            source,
+        }
     }
 }
 

@@ -83,7 +83,7 @@ impl Namespaces {
                         }
                         match run_iterator(link_fd) {
                             Ok(()) => walked += 1,
-                            Err(e) => tracing::debug!(error = %e, "walk failed in a namespace"),
+                            Err(e) => tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "walk failed in a namespace"),
                         }
                     }
                     walked
@@ -118,7 +118,12 @@ fn run_iterator(link_fd: RawFd) -> Result<(), SamplerError> {
             Ok(0) => return Ok(()),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(SamplerError::Io { what: "reading the socket-walk iterator".into(), source }),
+            Err(source) => {
+                return Err(SamplerError::Io {
+                    what: "reading the socket-walk iterator".into(),
+                    source,
+                })
+            }
         }
     }
 }

@@ -13,12 +13,16 @@ pub(super) fn check() -> Result<(), SamplerError> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(SamplerError::NoBtf);
     }
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|source| SamplerError::Io { what: "reading /proc/self/status".into(), source })?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|source| SamplerError::Io {
+        what: "reading /proc/self/status".into(),
+        source,
+    })?;
     let effective = effective_caps(&status).unwrap_or(0);
     let missing = missing_caps(effective);
     if !missing.is_empty() {
-        return Err(SamplerError::Permission { what: format!("missing {}", missing.join(", ")) });
+        return Err(SamplerError::Permission {
+            what: format!("missing {}", missing.join(", ")),
+        });
     }
     Ok(())
 }
@@ -30,11 +34,16 @@ fn effective_caps(status: &str) -> Option<u64> {
 
 fn missing_caps(effective: u64) -> Vec<&'static str> {
     // CAP_SYS_ADMIN: entering other network namespaces for the socket walk
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
-        .into_iter()
-        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
-        .map(|(_, name)| name)
-        .collect()
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! The `flowtel` binary as a user runs it: snapshot JSON over real traffic, and the one-line
+//! errors for bad input.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
+
+fn flowtel(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("FLOWTEL_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("flowtel runs")
+}
+
+/// Asserts a failed run printed exactly one line on stderr, naming `needle`.
+fn assert_one_line_error(out: &std::process::Output, needle: &str) {
+    assert!(!out.status.success(), "must exit non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].starts_with("flowtel: "), "{stderr}");
+    assert!(lines[0].contains(needle), "names {needle}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unknown_config_key_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("flowtel.toml");
+    std::fs::write(&file, "[sampler]\npoll_interval = 5\n").expect("write config");
+    let out = flowtel(
+        &[
+            "--config",
+            file.to_str().expect("utf8 path"),
+            "snapshot",
+            "--seconds",
+            "0",
+        ],
+        &[],
+    );
+    assert_one_line_error(&out, "poll_interval");
+}
+
+#[test]
+fn unreadable_config_file_is_a_one_line_error() {
+    let out = flowtel(
+        &["snapshot", "--seconds", "0"],
+        &[("FLOWTEL_CONFIG", "/nonexistent/flowtel.toml")],
+    );
+    assert_one_line_error(&out, "/nonexistent/flowtel.toml");
+}
+
+#[test]
+fn malformed_env_value_is_a_one_line_error() {
+    let out = flowtel(
+        &["snapshot", "--seconds", "0"],
+        &[("FLOWTEL_SAMPLER__PAIR_MAP_CAPACITY", "lots")],
+    );
+    assert_one_line_error(&out, "pair_map_capacity");
+}
+
+#[test]
+fn nonexistent_cgroup_path_is_a_one_line_error() {
+    let out = flowtel(
+        &["snapshot", "--seconds", "0"],
+        &[("FLOWTEL_SAMPLER__CGROUP_PATH", "/sys/fs/cgroup/no-such-group")],
+    );
+    assert_one_line_error(&out, "cgroup_path");
+}
+
+#[test]
+fn snapshot_json_reports_a_connection_made_while_it_ran() {
+    let mut child = Command::new(BIN)
+        .args(["snapshot", "--seconds", "2", "--json"])
+        .env_remove("FLOWTEL_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtel snapshot starts");
+    // wait until the programs are attached before making traffic
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while !line.contains("sampler attached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "flowtel exited before attaching"
+        );
+        assert!(Instant::now() < deadline, "no 'sampler attached' line");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 3];
+            c.read_exact(&mut buf).expect("read");
+            c.write_all(b"pong!").expect("write");
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(b"pin").expect("write");
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).expect("read");
+        assert_eq!(buf, b"pong!");
+    });
+    let out = child.wait_with_output().expect("snapshot finishes");
+    assert!(out.status.success(), "snapshot exit status");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let pairs = json["pairs"].as_array().expect("pairs array");
+    let ours: Vec<&serde_json::Value> = pairs.iter().filter(|p| p["service_port"] == port).collect();
+    assert_eq!(ours.len(), 2, "client and server pair: {ours:?}");
+    let client = ours.iter().find(|p| p["role"] == "client").expect("client pair");
+    let server = ours.iter().find(|p| p["role"] == "server").expect("server pair");
+    assert_eq!(
+        (client["bytes_sent"].as_u64(), client["bytes_received"].as_u64()),
+        (Some(3), Some(5))
+    );
+    assert_eq!(
+        (server["bytes_sent"].as_u64(), server["bytes_received"].as_u64()),
+        (Some(5), Some(3))
+    );
+    assert_eq!(client["connections"]["established"].as_u64(), Some(1));
+    assert_eq!(client["local"], "127.0.0.1");
+    for field in [
+        "pair_map_full",
+        "handshake_map_full",
+        "sock_storage_failed",
+        "listener_map_full",
+    ] {
+        assert!(
+            json["agent"]["counters"][field].is_u64(),
+            "agent counter {field} present"
+        );
+    }
+    assert!(json["agent"]["pair_map_capacity"].as_u64().is_some_and(|c| c > 0));
+}
