@@ -27,6 +27,8 @@
 #define EHOSTUNREACH 113
 #define ENETUNREACH 101
 
+#define SOL_TCP 6
+
 /* Callback flags every socket we track gets. RTO and RETRANS fire only on loss events: they
  * give the exact phase of each retransmit without per-socket memory. STATE fires on every
  * state change (about 7 calls per connection, both ends) and is where the close fold happens. */
@@ -76,15 +78,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
-
-/* Client connects in flight, keyed by socket cookie. Entries live from connect() until the
- * handshake ends either way. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u64);
-	__type(value, struct flowtel_handshake);
-} handshakes SEC(".maps");
 
 /* One entry per live socket that a walk has seen; freed with the socket. */
 struct {
@@ -178,6 +171,14 @@ static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_
 	__sync_fetch_and_add(&s->rtt_hist[log2_bucket(rtt_us)], 1);
 }
 
+/* The cheap default: srtt at close and per walk. With per-ACK samples on, those are the only
+ * samples, so that one histogram holds one kind of value. */
+static __always_inline void add_srtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
+{
+	if (!flowtel_per_ack_rtt)
+		add_rtt(s, srtt_us_x8);
+}
+
 static __always_inline bool is_v4_mapped(const __u32 a[4])
 {
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
@@ -239,19 +240,21 @@ static __always_inline __u8 role_of_flags(__u32 cb_flags)
 	return (cb_flags & FLOWTEL_CB_CLIENT_MARK) ? FLOWTEL_ROLE_CLIENT : FLOWTEL_ROLE_SERVER;
 }
 
+static __always_inline bool our_fin_sent(__u32 state)
+{
+	return state == BPF_TCP_FIN_WAIT1 || state == BPF_TCP_FIN_WAIT2 ||
+	       state == BPF_TCP_CLOSING || state == BPF_TCP_LAST_ACK;
+}
+
+/* syn: handshake; established: data may flow both ways (CLOSE_WAIT included: we can still
+ * send); close: after our FIN. */
 static __always_inline __u32 phase_of_state(__u32 state)
 {
 	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_SYN_RECV)
 		return FLOWTEL_PHASE_SYN;
-	if (state == BPF_TCP_ESTABLISHED)
-		return FLOWTEL_PHASE_ESTABLISHED;
-	return FLOWTEL_PHASE_CLOSE;
-}
-
-static __always_inline bool our_fin_sent(__u32 state)
-{
-	return state == BPF_TCP_FIN_WAIT1 || state == BPF_TCP_FIN_WAIT2 ||
-	       state == BPF_TCP_CLOSING || state == BPF_TCP_LAST_ACK || state == BPF_TCP_TIME_WAIT;
+	if (our_fin_sent(state))
+		return FLOWTEL_PHASE_CLOSE;
+	return FLOWTEL_PHASE_ESTABLISHED;
 }
 
 struct app_counts {
@@ -308,77 +311,135 @@ static __always_inline void add_counts(struct flowtel_pair_stats *s, const struc
 
 static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 {
-	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	/* BTF pointer loads: inline, unlike bpf_probe_read_kernel calls */
+	struct cgroup *cgrp = sk->sk_cgrp_data.cgroup;
+
+	return cgrp ? cgrp->kn->id : 0;
 }
 
-static __always_inline void set_owner(struct flowtel_pair_stats *s, const struct flowtel_handshake *h)
+/* The helper assigns the flags word, shared with any other sock_ops program on the socket:
+ * keep theirs. */
+static __always_inline void track(struct bpf_sock_ops *ctx, __u32 extra)
 {
-	s->pid = h->pid;
-	__builtin_memcpy(s->comm, h->comm, sizeof(s->comm));
+	__u32 flags = ctx->bpf_sock_ops_cb_flags | FLOWTEL_CB_TRACKED | extra;
+
+	if (flowtel_per_ack_rtt)
+		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
+	bpf_sock_ops_cb_flags_set(ctx, flags);
 }
 
 static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 {
-	struct flowtel_handshake h = {};
-	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct bpf_sock *bsk = ctx->sk;
+	struct tcp_sock *tp;
 
-	/* connect() runs in the calling process: the one moment the owner is known for free. */
-	h.start_ns = bpf_ktime_get_ns();
-	h.pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(h.comm, sizeof(h.comm));
-	if (bpf_map_update_elem(&handshakes, &cookie, &h, BPF_ANY))
-		count(FLOWTEL_CTR_HANDSHAKE_MAP_FULL);
-	bpf_sock_ops_cb_flags_set(ctx, FLOWTEL_CB_TRACKED | FLOWTEL_CB_CLIENT_MARK |
-					       (flowtel_per_ack_rtt ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
+	track(ctx, FLOWTEL_CB_CLIENT_MARK);
+	/* connect() runs in the calling process: the one moment the owner is known for free.
+	 * The tuple is complete here (route and source port are chosen before this callback). */
+	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
+	s = pair_stats(&key);
+	if (!s)
+		return;
+	s->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+	if (tp)
+		s->cgroup_id = sock_cgroup_id((struct sock *)tp);
+}
+
+/* Connect duration without per-socket memory: with no SYN retransmit, the first RTT sample
+ * (SYN to SYN-ACK) is the connect time and srtt still equals it here. After a SYN retransmit
+ * (rare) the first SYN's timestamp was saved at the retransmit, since the kernel clears its own
+ * copy (retrans_stamp) when the SYN-ACK arrives. */
+static __always_inline __u64 connect_duration_us(struct bpf_sock_ops *ctx, __u32 syn_retrans, __u32 srtt)
+{
+	struct flowtel_sock_reported *rep;
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+	__u64 now;
+
+	if (!syn_retrans)
+		return srtt >> 3;
+	bsk = ctx->sk;
+	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+	if (!tp)
+		return 0;
+	rep = bpf_sk_storage_get(&sock_reported, tp, 0, 0);
+	if (!rep || !rep->syn_start)
+		return 0;
+	now = tp->tcp_mstamp;
+	if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD(tp, tcp_usec_ts))
+		return (__u32)now - rep->syn_start;
+	return (__u64)((__u32)(now / 1000) - rep->syn_start) * 1000;
+}
+
+/* On a SYN retransmit, keep the first SYN's timestamp for connect_duration_us. */
+static __always_inline void save_syn_start(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_sock_reported *rep;
+	struct bpf_sock *bsk = ctx->sk;
+	struct tcp_sock *tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+
+	if (!tp)
+		return;
+	rep = bpf_sk_storage_get(&sock_reported, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rep) {
+		count(FLOWTEL_CTR_SOCK_STORAGE_FAILED);
+		return;
+	}
+	if (!rep->syn_start)
+		rep->syn_start = tp->retrans_stamp;
 }
 
 static __always_inline void on_active_established(struct bpf_sock_ops *ctx)
 {
 	struct flowtel_pair_key key = {};
 	struct flowtel_pair_stats *s;
-	struct flowtel_handshake *h;
-	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 syn_retrans = ctx->total_retrans;
+	__u32 srtt = ctx->srtt_us;
+	__u64 us;
 
 	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
 	s = pair_stats(&key);
 	if (!s)
 		return;
 	__sync_fetch_and_add(&s->conn_established, 1);
-	h = bpf_map_lookup_elem(&handshakes, &cookie);
-	if (h) {
-		__u64 us = (bpf_ktime_get_ns() - h->start_ns) / 1000;
-
+	us = connect_duration_us(ctx, syn_retrans, srtt);
+	if (us) {
 		__sync_fetch_and_add(&s->connect_count, 1);
 		__sync_fetch_and_add(&s->connect_sum_us, us);
 		__sync_fetch_and_add(&s->connect_hist[log2_bucket(us)], 1);
-		set_owner(s, h);
-		bpf_map_delete_elem(&handshakes, &cookie);
 	}
 }
 
 static __always_inline void on_passive_established(struct bpf_sock_ops *ctx)
 {
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct bpf_sock *bsk = ctx->sk;
 	__u32 syn_retrans = ctx->total_retrans;
+	struct tcp_sock *tp;
+	__u32 syn_rto = 0;
 
-	bpf_sock_ops_cb_flags_set(ctx, FLOWTEL_CB_TRACKED |
-					       (flowtel_per_ack_rtt ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
-	/* SYN-ACK retransmits happened on the request socket, before any callback could fire:
-	 * the child inherits them in total_retrans. Rare, so the fold is only paid then. */
-	if (syn_retrans) {
-		struct flowtel_pair_key key = {};
-		struct flowtel_pair_stats *s;
-		struct bpf_sock *bsk = ctx->sk;
-		struct tcp_sock *tp;
-
-		key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_SERVER);
-		s = pair_stats(&key);
-		if (!s)
-			return;
+	track(ctx, 0);
+	/* SYN-ACK retransmits and timeouts happened on the request socket, before any callback
+	 * could fire: the child inherits them (total_retrans, total_rto). Rare, so the fold is only
+	 * paid then. */
+	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+	if (tp && bpf_core_field_exists(tp->total_rto))
+		syn_rto = tp->total_rto;
+	if (!syn_retrans && !syn_rto)
+		return;
+	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_SERVER);
+	s = pair_stats(&key);
+	if (!s)
+		return;
+	if (syn_retrans)
 		__sync_fetch_and_add(&s->retrans[FLOWTEL_PHASE_SYN], syn_retrans);
-		tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
-		if (tp && bpf_core_field_exists(tp->total_rto) && tp->total_rto)
-			__sync_fetch_and_add(&s->rto[FLOWTEL_PHASE_SYN], tp->total_rto);
-	}
+	if (syn_rto)
+		__sync_fetch_and_add(&s->rto[FLOWTEL_PHASE_SYN], syn_rto);
 }
 
 static __always_inline void on_retrans(struct bpf_sock_ops *ctx)
@@ -386,17 +447,17 @@ static __always_inline void on_retrans(struct bpf_sock_ops *ctx)
 	struct flowtel_pair_key key = {};
 	struct flowtel_pair_stats *s;
 	__u32 segs = ctx->args[1];
-	__u32 err = ctx->args[2];
 	__u32 state = ctx->state;
 	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
 
-	/* the kernel counts a retransmit only when it was handed to the device */
-	if (err)
-		return;
+	/* Every callback counts, whatever args[2] (the transmit error) says: the kernel adds segs
+	 * to total_retrans and TcpRetransSegs before it transmits. */
 	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
 	s = pair_stats(&key);
 	if (s)
 		__sync_fetch_and_add(&s->retrans[phase_of_state(state) % FLOWTEL_PHASES], segs);
+	if (state == BPF_TCP_SYN_SENT)
+		save_syn_start(ctx);
 }
 
 static __always_inline void on_rto(struct bpf_sock_ops *ctx)
@@ -420,13 +481,14 @@ static __always_inline void on_rtt(struct bpf_sock_ops *ctx)
 {
 	struct flowtel_pair_key key = {};
 	struct flowtel_pair_stats *s;
-	__u32 srtt = ctx->srtt_us;
+	__u32 sample_us = ctx->args[0];
 	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
 
+	/* args[0] is this ACK's RTT measurement in us (args[1] is srtt) */
 	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
 	s = pair_stats(&key);
 	if (s)
-		add_rtt(s, srtt);
+		add_rtt(s, sample_us << 3);
 }
 
 static __always_inline __u32 failure_of(int sk_err)
@@ -474,18 +536,10 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
 	s = pair_stats(&key);
 	if (!s)
 		return;
-	s->cgroup_id = sock_cgroup_id(sk);
 	sk_err = tp->inet_conn.icsk_inet.sk.sk_err;
 
 	if (old_state == BPF_TCP_SYN_SENT || old_state == BPF_TCP_SYN_RECV) {
-		__u64 cookie = bpf_get_socket_cookie(ctx);
-		struct flowtel_handshake *h = bpf_map_lookup_elem(&handshakes, &cookie);
-
 		__sync_fetch_and_add(&s->conn_failed[failure_of(sk_err) % FLOWTEL_FAILURES], 1);
-		if (h) {
-			set_owner(s, h);
-			bpf_map_delete_elem(&handshakes, &cookie);
-		}
 		return;
 	}
 
@@ -498,9 +552,12 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
 		c.segs_received = delta(c.segs_received, &rep->segs_received);
 	}
 	add_counts(s, &c);
-	add_rtt(s, srtt);
+	add_srtt(s, srtt);
 	if (role == FLOWTEL_ROLE_SERVER && !(rep && rep->established_counted))
 		__sync_fetch_and_add(&s->conn_established, 1);
+	/* tcp_disconnect() lets a socket connect again with zeroed counters: start over */
+	if (rep)
+		bpf_sk_storage_delete(&sock_reported, sk);
 	/* A normal close passes through the FIN states; an abort or a received RST goes straight
 	 * from ESTABLISHED or CLOSE_WAIT, or leaves an error on the socket. */
 	if (sk_err || old_state == BPF_TCP_ESTABLISHED || old_state == BPF_TCP_CLOSE_WAIT)
@@ -525,7 +582,8 @@ int flowtel_sockops(struct bpf_sock_ops *ctx)
 		on_passive_established(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (ctx->args[1] == BPF_TCP_CLOSE)
+		/* tcp_set_state reports CLOSE -> CLOSE too: fold once */
+		if (ctx->args[1] == BPF_TCP_CLOSE && ctx->args[0] != BPF_TCP_CLOSE)
 			on_close(ctx);
 		break;
 	case BPF_SOCK_OPS_RETRANS_CB:
@@ -631,13 +689,17 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 	c.segs_sent = delta(c.segs_sent, &rep->segs_sent);
 	c.segs_received = delta(c.segs_received, &rep->segs_received);
 	add_counts(s, &c);
-	add_rtt(s, tp->srtt_us);
+	add_srtt(s, tp->srtt_us);
 	__sync_fetch_and_add(&s->active, 1);
 	s->cgroup_id = sock_cgroup_id(sk);
 
 	if ((cb_flags & FLOWTEL_CB_TRACKED) != FLOWTEL_CB_TRACKED) {
-		/* no RETRANS/RTO callbacks on this socket: report its totals as deltas instead */
+		/* Opened before the agent (or untracked by another program): report what its
+		 * counters gained since the last walk, then adopt it so that callbacks count its
+		 * retransmits and its close from here on (TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.11+;
+		 * older kernels keep the per-walk deltas). */
 		__u64 retrans = delta(tp->total_retrans, &rep->retrans);
+		__u32 flags;
 
 		if (retrans)
 			__sync_fetch_and_add(&s->retrans[FLOWTEL_PHASE_ESTABLISHED], retrans);
@@ -649,6 +711,10 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 				rep->rto = rto;
 			}
 		}
+		flags = cb_flags | FLOWTEL_CB_TRACKED |
+			(role == FLOWTEL_ROLE_CLIENT ? FLOWTEL_CB_CLIENT_MARK : 0) |
+			(flowtel_per_ack_rtt ? BPF_SOCK_OPS_RTT_CB_FLAG : 0);
+		bpf_setsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags));
 	}
 	if (!rep->established_counted) {
 		rep->established_counted = 1;

@@ -34,17 +34,15 @@ enum flowtel_failure {
 enum flowtel_counter {
 	/* a fold found the pair map full and went into the overflow bucket (nothing lost) */
 	FLOWTEL_CTR_PAIR_MAP_FULL = 0,
-	/* a connect start could not be recorded: that connection has no connect duration or owner */
-	FLOWTEL_CTR_HANDSHAKE_MAP_FULL = 1,
 	/* the walk could not create per-socket storage: that socket is folded whole at close */
-	FLOWTEL_CTR_SOCK_STORAGE_FAILED = 2,
+	FLOWTEL_CTR_SOCK_STORAGE_FAILED = 1,
 	/* a listener could not be remembered: a pre-existing socket may get role client */
-	FLOWTEL_CTR_LISTENER_MAP_FULL = 3,
+	FLOWTEL_CTR_LISTENER_MAP_FULL = 2,
 	/* sockets visited by the walk (established, in the target cgroup) */
-	FLOWTEL_CTR_WALK_SOCKETS = 4,
-	/* a close, retransmit or RTO callback could not resolve the tcp_sock (never expected) */
-	FLOWTEL_CTR_NO_TCP_SOCK = 5,
-	FLOWTEL_COUNTERS = 6,
+	FLOWTEL_CTR_WALK_SOCKETS = 3,
+	/* a close callback could not resolve the tcp_sock (never expected) */
+	FLOWTEL_CTR_NO_TCP_SOCK = 4,
+	FLOWTEL_COUNTERS = 5,
 };
 
 /* A flow pair: connections collapsed by dropping the client's ephemeral port. */
@@ -82,13 +80,6 @@ struct flowtel_pair_stats {
 	char comm[16];
 };
 
-/* A client connect in flight, keyed by socket cookie, from TCP_CONNECT_CB to its outcome. */
-struct flowtel_handshake {
-	__u64 start_ns;
-	__u32 pid;
-	char comm[16];
-};
-
 /* What the walk already reported for a live socket (sk_storage, created only by the walk). */
 struct flowtel_sock_reported {
 	__u64 bytes_sent;
@@ -100,6 +91,9 @@ struct flowtel_sock_reported {
 	__u32 rto;
 	/* 1 once conn_established was counted for this socket */
 	__u32 established_counted;
+	/* clients whose SYN was retransmitted: the first SYN's tcp timestamp (retrans_stamp) */
+	__u32 syn_start;
+	__u32 pad;
 };
 
 struct flowtel_listener_key {

@@ -115,7 +115,6 @@ fn churn_collapses_into_one_pair_per_end_and_loses_nothing() {
         "ephemeral ports must not become service ports: {leaked:?}"
     );
     assert_eq!(m.stats().counters.pair_map_full, 0);
-    assert_eq!(m.stats().counters.handshake_map_full, 0);
 }
 
 /// Server streams `bytes` to a client that sends a small request, in 64 KiB writes with `pace`
@@ -243,8 +242,9 @@ fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
                 c.write_all(b"hello").expect("write");
             })
         });
-        // the first SYN and its 1 s retransmit are dropped; the 3 s one gets through
-        std::thread::sleep(Duration::from_millis(2000));
+        // the first SYN and its 1 s retransmit are dropped; the next one (2 s with the linear
+        // SYN timeouts of recent kernels, 3 s with exponential backoff) gets through
+        std::thread::sleep(Duration::from_millis(1500));
         VethPair::nft_flush(&hosts.server_ns);
         let (mut conn, _) = listener.accept().expect("accept");
         client.join().expect("client");
@@ -258,6 +258,12 @@ fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
     assert!(c.timeouts(Phase::Syn) >= 1, "SYN timeouts {:?}", c.rto);
     assert_eq!(c.conn_established, 1);
     let waited_us = started.elapsed().as_micros() as f64;
+    eprintln!(
+        "SYN retransmits {:?}, timeouts {:?}, connect {:?} us, waited {waited_us} us",
+        c.retrans,
+        c.rto,
+        c.connect_duration.mean_us()
+    );
     let connect_us = c.connect_duration.mean_us().expect("connect duration recorded");
     assert!(
         connect_us >= 1_900_000.0 && connect_us <= waited_us,

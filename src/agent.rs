@@ -85,7 +85,6 @@ fn log_summary(monitor: &Monitor) {
         connections = totals.conn_established,
         failed = totals.failed_total(),
         pair_map_full = stats.counters.pair_map_full,
-        handshake_map_full = stats.counters.handshake_map_full,
         last_poll_us = stats.last_poll_us,
         "summary"
     );

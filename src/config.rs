@@ -10,9 +10,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
-use crate::sampler::{
-    SamplerConfig, DEFAULT_HANDSHAKE_MAP_CAPACITY, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY,
-};
+use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
 
 const ENV_PREFIX: &str = "FLOWTEL_";
 /// FLOWTEL_ variables that are not configuration keys.
@@ -50,8 +48,6 @@ pub struct SamplerSection {
     pub poll_interval_ms: u64,
     /// Distinct flow pairs per poll interval before folds go to the overflow bucket.
     pub pair_map_capacity: u32,
-    /// Client connects in flight at once that get a connect duration.
-    pub handshake_map_capacity: u32,
     /// Listening sockets remembered per walk.
     pub listener_map_capacity: u32,
     /// RTT sample on every ACK instead of at close and per walk (about 3x the BPF cost).
@@ -64,7 +60,6 @@ impl Default for SamplerSection {
             cgroup_path: None,
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             pair_map_capacity: DEFAULT_PAIR_MAP_CAPACITY,
-            handshake_map_capacity: DEFAULT_HANDSHAKE_MAP_CAPACITY,
             listener_map_capacity: DEFAULT_LISTENER_MAP_CAPACITY,
             per_ack_rtt: false,
         }
@@ -146,7 +141,6 @@ impl Config {
         }
         for (name, value) in [
             ("sampler.pair_map_capacity", s.pair_map_capacity),
-            ("sampler.handshake_map_capacity", s.handshake_map_capacity),
             ("sampler.listener_map_capacity", s.listener_map_capacity),
         ] {
             if value == 0 {
@@ -168,7 +162,6 @@ impl Config {
         SamplerConfig {
             cgroup_path: self.sampler.cgroup_path.clone(),
             pair_map_capacity: self.sampler.pair_map_capacity,
-            handshake_map_capacity: self.sampler.handshake_map_capacity,
             listener_map_capacity: self.sampler.listener_map_capacity,
             per_ack_rtt: self.sampler.per_ack_rtt,
         }

@@ -201,14 +201,13 @@ impl Snapshot {
         let a = &self.agent;
         let _ = writeln!(
             out,
-            "{} pairs over {:.1}s on {}; pair map peak {}/{}; drops: pair_map_full={} handshake_map_full={} sock_storage_failed={} listener_map_full={}",
+            "{} pairs over {:.1}s on {}; pair map peak {}/{}; drops: pair_map_full={} sock_storage_failed={} listener_map_full={}",
             self.pairs.len(),
             self.seconds,
             self.cgroup,
             a.pair_map_peak_entries,
             a.pair_map_capacity,
             a.counters.pair_map_full,
-            a.counters.handshake_map_full,
             a.counters.sock_storage_failed,
             a.counters.listener_map_full,
         );

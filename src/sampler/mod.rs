@@ -47,8 +47,6 @@ use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
 
 /// Pair-map capacity: distinct pairs folded within one poll interval, per inner map.
 pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = 8192;
-/// Client connects in flight at once.
-pub const DEFAULT_HANDSHAKE_MAP_CAPACITY: u32 = 8192;
 /// Listening sockets remembered within one walk.
 pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = 4096;
 
@@ -81,7 +79,6 @@ pub enum SamplerError {
 pub struct SamplerConfig {
     pub cgroup_path: Option<PathBuf>,
     pub pair_map_capacity: u32,
-    pub handshake_map_capacity: u32,
     pub listener_map_capacity: u32,
     pub per_ack_rtt: bool,
 }
@@ -91,7 +88,6 @@ impl Default for SamplerConfig {
         Self {
             cgroup_path: None,
             pair_map_capacity: DEFAULT_PAIR_MAP_CAPACITY,
-            handshake_map_capacity: DEFAULT_HANDSHAKE_MAP_CAPACITY,
             listener_map_capacity: DEFAULT_LISTENER_MAP_CAPACITY,
             per_ack_rtt: false,
         }
@@ -103,8 +99,6 @@ impl Default for SamplerConfig {
 pub struct AgentCounters {
     /// Folds that found the pair map full and went to the overflow bucket (totals kept).
     pub pair_map_full: u64,
-    /// Connects whose start could not be recorded: no connect duration or owner for them.
-    pub handshake_map_full: u64,
     /// Live sockets the walk could not give storage: folded whole at close instead.
     pub sock_storage_failed: u64,
     /// Listeners not remembered in a walk: a pre-existing socket may be taken for a client.
@@ -171,7 +165,6 @@ impl Sampler {
         let sizing = [
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
-            (&mut open.maps.handshakes, config.handshake_map_capacity),
             (&mut open.maps.listeners, config.listener_map_capacity),
         ];
         for (map, capacity) in sizing {
@@ -312,7 +305,6 @@ impl Sampler {
             Ok(decode::counter_per_cpu(values.iter().map(Vec::as_slice)))
         };
         counters.pair_map_full = read(types::flowtel_counter::FLOWTEL_CTR_PAIR_MAP_FULL)?;
-        counters.handshake_map_full = read(types::flowtel_counter::FLOWTEL_CTR_HANDSHAKE_MAP_FULL)?;
         counters.sock_storage_failed = read(types::flowtel_counter::FLOWTEL_CTR_SOCK_STORAGE_FAILED)?;
         counters.listener_map_full = read(types::flowtel_counter::FLOWTEL_CTR_LISTENER_MAP_FULL)?;
         counters.walk_sockets = read(types::flowtel_counter::FLOWTEL_CTR_WALK_SOCKETS)?;
