@@ -635,3 +635,82 @@ fn a_child_cgroup_sees_only_its_own_sockets() {
         "sockets outside the cgroup are not watched: {others:?}"
     );
 }
+
+#[test]
+fn connections_opened_before_the_agent_are_adopted() {
+    let _serial = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = TcpStream::connect(addr).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(&[1u8; 1000]).expect("before the agent");
+    let mut buf = vec![0u8; 1000];
+    server.read_exact(&mut buf).expect("read");
+
+    let mut m = monitor();
+    let (ck, sk) = pair_keys(LO4, LO4, addr.port());
+    // the first walk finds both ends: a listener on the port makes one the server
+    poll_until(&mut m, "both ends adopted", |m| {
+        counters(m, &sk).active == 1 && counters(m, &ck).active == 1
+    });
+    server.write_all(&[2u8; 3000]).expect("after the agent");
+    client.read_exact(&mut vec![0u8; 3000]).expect("read");
+    drop(client);
+    assert_eq!(read_to_end(&mut server), 0);
+    drop(server);
+    poll_until(&mut m, "both ends closed", |m| closed_both(m, &ck, &sk, 1));
+    let c = counters(&m, &ck);
+    let s = counters(&m, &sk);
+    assert_eq!(
+        (c.bytes_sent, c.bytes_received),
+        (1_000, 3_000),
+        "client totals, from before the agent on: {c:?}"
+    );
+    assert_eq!((s.bytes_sent, s.bytes_received), (3_000, 1_000), "server totals: {s:?}");
+    assert_eq!((c.conn_established, c.conn_closed), (1, 1));
+    assert_eq!((s.conn_established, s.conn_closed), (1, 1));
+}
+
+#[test]
+fn abortive_close_counts_as_reset_with_exact_bytes() {
+    let _serial = serial();
+    let mut m = monitor();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = TcpStream::connect(addr).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(&[1u8; 500]).expect("write");
+    server.read_exact(&mut [0u8; 500]).expect("read");
+    // SO_LINGER {on, 0}: close() sends a RST and tcp_disconnect() zeroes the counters after
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid fd with a correctly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(client);
+    let _ = read_to_end_or_reset(&mut server);
+    drop(server);
+    let (ck, sk) = pair_keys(LO4, LO4, addr.port());
+    poll_until(&mut m, "both ends closed", |m| closed_both(m, &ck, &sk, 1));
+    let c = counters(&m, &ck);
+    let s = counters(&m, &sk);
+    assert_eq!(c.bytes_sent, 500, "counted before tcp_disconnect zeroed them: {c:?}");
+    assert_eq!(s.bytes_received, 500);
+    assert_eq!((c.conn_reset, c.conn_closed), (1, 0), "client aborted");
+    assert_eq!((s.conn_reset, s.conn_closed), (1, 0), "server got the RST");
+}
+
+fn read_to_end_or_reset(stream: &mut TcpStream) -> std::io::Result<usize> {
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)
+}
