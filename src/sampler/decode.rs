@@ -10,8 +10,6 @@ unsafe impl plain::Plain for types::flowtel_pair_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::flowtel_pair_stats {}
 
-pub(super) const KEY_SIZE: usize = std::mem::size_of::<types::flowtel_pair_key>();
-
 pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
     let mut raw = types::flowtel_pair_key::default();
     plain::copy_from_bytes(&mut raw, bytes).ok()?;

@@ -346,7 +346,6 @@ fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<Pair
                 source,
             })?;
     }
-    debug_assert!(keys.iter().all(|k| k.len() == decode::KEY_SIZE));
     Ok((pairs, keys.len()))
 }
 
