@@ -1,8 +1,8 @@
 //! Compiles bpf/flowtel.bpf.c and generates its skeleton into OUT_DIR.
 //!
 //! CO-RE needs a vmlinux.h only for type names: offsets are relocated against the running
-//! kernel's BTF at load time. x86_64 ships a vendored header; other architectures use
-//! bpf/vmlinux/<arch>/vmlinux.h when present, else one generated from the build host's BTF.
+//! kernel's BTF at load time. x86_64 and aarch64 use the vendored bpf/vmlinux/<arch>/vmlinux.h;
+//! other architectures get one generated from the build host's BTF with bpftool.
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
