@@ -442,39 +442,42 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *ctx)
 		__sync_fetch_and_add(&s->rto[FLOWTEL_PHASE_SYN], syn_rto);
 }
 
-static __always_inline void on_retrans(struct bpf_sock_ops *ctx)
+/* Adds n to the retransmit (or RTO) counter of the socket's current phase. */
+static __always_inline void fold_loss_event(struct bpf_sock_ops *ctx, bool rto, __u32 n)
 {
 	struct flowtel_pair_key key = {};
 	struct flowtel_pair_stats *s;
-	__u32 segs = ctx->args[1];
 	__u32 state = ctx->state;
 	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+	__u32 phase = phase_of_state(state) % FLOWTEL_PHASES;
+
+	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
+	s = pair_stats(&key);
+	if (!s)
+		return;
+	if (rto)
+		__sync_fetch_and_add(&s->rto[phase], n);
+	else
+		__sync_fetch_and_add(&s->retrans[phase], n);
+}
+
+static __always_inline void on_retrans(struct bpf_sock_ops *ctx)
+{
+	__u32 segs = ctx->args[1];
 
 	/* Every callback counts, whatever args[2] (the transmit error) says: the kernel adds segs
 	 * to total_retrans and TcpRetransSegs before it transmits. */
-	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
-	s = pair_stats(&key);
-	if (s)
-		__sync_fetch_and_add(&s->retrans[phase_of_state(state) % FLOWTEL_PHASES], segs);
-	if (state == BPF_TCP_SYN_SENT)
+	fold_loss_event(ctx, false, segs);
+	if (ctx->state == BPF_TCP_SYN_SENT)
 		save_syn_start(ctx);
 }
 
 static __always_inline void on_rto(struct bpf_sock_ops *ctx)
 {
-	struct flowtel_pair_key key = {};
-	struct flowtel_pair_stats *s;
-	__u32 expired = ctx->args[2];
-	__u32 state = ctx->state;
-	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
-
-	/* an expired socket gives up instead of retransmitting: the kernel counts no timeout */
-	if (expired)
+	/* args[2] set: the socket gives up instead of retransmitting; the kernel counts no RTO */
+	if (ctx->args[2])
 		return;
-	key_from_sock_ops(ctx, &key, role_of_flags(cb_flags));
-	s = pair_stats(&key);
-	if (s)
-		__sync_fetch_and_add(&s->rto[phase_of_state(state) % FLOWTEL_PHASES], 1);
+	fold_loss_event(ctx, true, 1);
 }
 
 static __always_inline void on_rtt(struct bpf_sock_ops *ctx)

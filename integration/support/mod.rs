@@ -246,35 +246,28 @@ impl VethPair {
 
     /// The kernel's own TCP MIB counter (e.g. RetransSegs) in namespace `ns`.
     pub fn tcp_mib(ns: &str, name: &str) -> u64 {
-        let snmp = Self::in_ns(ns, || {
-            std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp")
-        });
-        let mut tcp_lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let header = tcp_lines.next().expect("Tcp header");
-        let values = tcp_lines.next().expect("Tcp values");
-        let idx = header
-            .split_whitespace()
-            .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no Tcp {name}"));
-        values
-            .split_whitespace()
-            .nth(idx)
-            .and_then(|v| v.parse().ok())
-            .expect("numeric MIB value")
+        Self::mib(ns, "snmp", "Tcp:", name)
     }
 
     /// The kernel's own TcpExt counter (e.g. TCPTimeouts) in namespace `ns`.
     pub fn tcpext_mib(ns: &str, name: &str) -> u64 {
-        let netstat = Self::in_ns(ns, || {
-            std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat")
+        Self::mib(ns, "netstat", "TcpExt:", name)
+    }
+
+    /// One counter from /proc/net/`file` as seen inside `ns`: a header line of names followed
+    /// by a line of values, both starting with `prefix`.
+    fn mib(ns: &str, file: &str, prefix: &str, name: &str) -> u64 {
+        let path = format!("/proc/thread-self/net/{file}");
+        let text = Self::in_ns(ns, || {
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
         });
-        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-        let header = lines.next().expect("TcpExt header");
-        let values = lines.next().expect("TcpExt values");
+        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+        let header = lines.next().unwrap_or_else(|| panic!("no {prefix} header in {file}"));
+        let values = lines.next().unwrap_or_else(|| panic!("no {prefix} values in {file}"));
         let idx = header
             .split_whitespace()
             .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no TcpExt {name}"));
+            .unwrap_or_else(|| panic!("no {prefix} {name}"));
         values
             .split_whitespace()
             .nth(idx)

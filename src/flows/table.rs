@@ -16,8 +16,9 @@ pub struct PairDelta {
 
 /// Pairs with no activity and no live connection for this long are dropped from the table.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Memory bound: beyond this many pairs, new pairs fold into the overflow bucket.
-pub const DEFAULT_MAX_PAIRS: usize = 100_000;
+/// Memory bound: beyond this many pairs (about 700 bytes each), new pairs fold into the
+/// overflow bucket.
+pub const DEFAULT_MAX_PAIRS: usize = 20_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowTableConfig {

@@ -60,6 +60,8 @@ pub enum SamplerError {
     CgroupPath { path: PathBuf },
     #[error("missing privilege ({what}): run flowtel as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN")]
     Permission { what: String },
+    #[error("the BPF object is not the one this binary was built with: {0}")]
+    Object(&'static str),
     #[error("{what}")]
     Bpf {
         what: String,
@@ -157,11 +159,14 @@ impl Sampler {
                 what: "opening the BPF object".into(),
                 source,
             })?;
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.flowtel_per_ack_rtt = config.per_ack_rtt;
-            rodata.flowtel_cgroup_id = target.id;
-            rodata.flowtel_cgroup_level = target.level;
-        }
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or(SamplerError::Object("no .rodata section"))?;
+        rodata.flowtel_per_ack_rtt = config.per_ack_rtt;
+        rodata.flowtel_cgroup_id = target.id;
+        rodata.flowtel_cgroup_level = target.level;
         let sizing = [
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
