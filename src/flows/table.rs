@@ -16,7 +16,7 @@ pub struct PairDelta {
 
 /// Pairs with no activity and no live connection for this long are dropped from the table.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Memory bound: beyond this many pairs (about 700 bytes each), new pairs fold into the
+/// Memory bound: beyond this many pairs (about 850 bytes each with the map entry), new pairs fold into the
 /// overflow bucket.
 pub const DEFAULT_MAX_PAIRS: usize = 20_000;
 
