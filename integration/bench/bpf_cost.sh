@@ -1,82 +1,85 @@
 #!/usr/bin/env bash
 # BPF cost per short connection, from the kernel's own accounting (kernel.bpf_stats_enabled):
-# ns per invocation, invocations per connection (both ends), BPF time per connection, for the
-# empty-program floor, flowtel's default, and flowtel with per-ACK RTT. Also the socket-walk
-# time per poll. Prints a table; run as root after `cargo build --release`.
-#   integration/bench/bpf_cost.sh [connections]
+# ns per invocation, invocations per connection (both ends), BPF time per connection, for an
+# empty sock_ops program (the floor), flowtel's default, and flowtel with per-ACK RTT samples.
+# The arms run interleaved for ROUNDS rounds; medians with min..max are printed, since single
+# rounds swing by 10-20% on small VMs. Run as root.
+#   integration/bench/bpf_cost.sh [connections per round] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
+ROUNDS=${2:-5}
 BIN=target/release/flowtel
 [ -x "$BIN" ] || cargo build --release
 work=$(mktemp -d)
 agent_pid=""
 pin=""
 cgroup=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
+old_stats=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
-  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+  if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
   if [ -n "$pin" ]; then bpftool cgroup detach "$cgroup" sock_ops pinned "$pin" 2>/dev/null || true; rm -f "$pin"; fi
   sysctl -qw kernel.bpf_stats_enabled="$old_stats"
   rm -rf "$work"
 }
-old_stats=$(sysctl -n kernel.bpf_stats_enabled)
 trap cleanup EXIT
 sysctl -qw kernel.bpf_stats_enabled=1
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-# prints "run_time_ns run_cnt" for the named program (summed over instances)
+# "run_time_ns run_cnt" of the named program, summed over instances
 prog_stats() {
   bpftool prog show -j | python3 -c '
 import json, sys
-name = sys.argv[1]
-progs = [p for p in json.load(sys.stdin) if p.get("name") == name]
+progs = [p for p in json.load(sys.stdin) if p.get("name") == sys.argv[1]]
 print(sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs))' "$1"
 }
 
-# measure LABEL PROG [WALK_PROG]: runs the churn and prints one table row; the walk program's
-# time during the churn (it runs once per poll, not per connection) is shown apart
+# one churn under ARM, measuring PROG (and the walk): appends a JSON line to $work/results
 measure() {
-  local label=$1 prog=$2 walk=${3:-none}
+  local arm=$1 prog=$2 walk=$3 t0 c0 w0 wc0 t1 c1 w1 wc1 conns secs rate
   read -r t0 c0 < <(prog_stats "$prog")
   read -r w0 wc0 < <(prog_stats "$walk")
   read -r conns secs rate < <(python3 integration/bench/churn.py "$N" 2)
   read -r t1 c1 < <(prog_stats "$prog")
   read -r w1 wc1 < <(prog_stats "$walk")
-  python3 - "$label" "$conns" "$rate" "$t0" "$c0" "$t1" "$c1" "$w0" "$wc0" "$w1" "$wc1" "$secs" <<'PY'
-import sys
-label, conns, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-t0, c0, t1, c1, w0, wc0, w1, wc1 = map(int, sys.argv[4:12])
-secs = float(sys.argv[12])
-calls, ns = c1 - c0, t1 - t0
-walk_ns, walk_calls = w1 - w0, wc1 - wc0
-print(f"| {label} | {conns} | {rate} | {ns / max(calls, 1):.0f} | {calls / conns:.1f} | {ns / conns / 1000:.2f} "
-      f"| {walk_calls} | {walk_ns / conns / 1000:.3f} |")
-PY
+  echo "{\"arm\":\"$arm\",\"conns\":$conns,\"rate\":$rate,\"ns\":$((t1 - t0)),\"calls\":$((c1 - c0)),\"walk_ns\":$((w1 - w0)),\"walk_calls\":$((wc1 - wc0))}" >> "$work/results"
 }
 
-echo "| arm | connections | conn/s (python churn) | sock_ops ns per call | sock_ops calls per connection (both ends) | sock_ops us per connection | walk visits | walk us per connection |"
-echo "|---|---|---|---|---|---|---|---|"
-
-# floor: an empty sock_ops program on the same cgroup
 cat > "$work/empty.bpf.c" <<'C'
 #include "vmlinux.h"
 __attribute__((section("sockops"), used)) int flowtel_floor(struct bpf_sock_ops *ctx) { return 1; }
 char LICENSE[] __attribute__((section("license"), used)) = "GPL";
 C
 clang -O2 -g -target bpf -I "bpf/vmlinux/$(uname -m)" -c "$work/empty.bpf.c" -o "$work/empty.bpf.o"
-pin=/sys/fs/bpf/flowtel_floor_$$
-bpftool prog load "$work/empty.bpf.o" "$pin" type sockops
-bpftool cgroup attach "$cgroup" sock_ops pinned "$pin" multi
-measure "floor (empty sock_ops)" flowtel_floor
-bpftool cgroup detach "$cgroup" sock_ops pinned "$pin"
-rm -f "$pin"; pin=""
 
-for arm in default per_ack_rtt; do
-  extra=()
-  [ "$arm" = per_ack_rtt ] && extra=(env FLOWTEL_SAMPLER__PER_ACK_RTT=true)
-  "${extra[@]}" env FLOWTEL_LOG=info "$BIN" run 2>"$work/agent.log" &
-  agent_pid=$!
-  for _ in $(seq 100); do grep -q "sampler attached" "$work/agent.log" && break; sleep 0.1; done
-  measure "flowtel ($arm)" flowtel_sockops flowtel_walk
-  kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
+for round in $(seq "$ROUNDS"); do
+  pin=/sys/fs/bpf/flowtel_floor_$$
+  bpftool prog load "$work/empty.bpf.o" "$pin" type sockops
+  bpftool cgroup attach "$cgroup" sock_ops pinned "$pin" multi
+  measure floor flowtel_floor none
+  bpftool cgroup detach "$cgroup" sock_ops pinned "$pin"
+  rm -f "$pin"; pin=""
+  for arm in default per_ack_rtt; do
+    FLOWTEL_SAMPLER__PER_ACK_RTT=$([ "$arm" = per_ack_rtt ] && echo true || echo false) \
+      FLOWTEL_LOG=info "$BIN" run 2>"$work/agent.log" &
+    agent_pid=$!
+    for _ in $(seq 100); do grep -q "sampler attached" "$work/agent.log" && break; sleep 0.1; done
+    measure "$arm" flowtel_sockops flowtel_walk
+    kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
+  done
+  echo "round $round done" >&2
 done
+
+python3 - "$work/results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def fmt(values, digits):
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})"
+print("| arm | rounds | conn/s (python churn) | sock_ops ns per call | calls per connection (both ends) | sock_ops us per connection | walk us per connection |")
+print("|---|---|---|---|---|---|---|")
+for arm in ["floor", "default", "per_ack_rtt"]:
+    r = [x for x in rows if x["arm"] == arm]
+    print(f"| {arm} | {len(r)} | {fmt([x['rate'] for x in r], 0)} | {fmt([x['ns'] / max(x['calls'], 1) for x in r], 0)} "
+          f"| {fmt([x['calls'] / x['conns'] for x in r], 1)} | {fmt([x['ns'] / x['conns'] / 1000 for x in r], 2)} "
+          f"| {fmt([x['walk_ns'] / x['conns'] / 1000 for x in r], 2)} |")
+PY
