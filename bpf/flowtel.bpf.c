@@ -121,7 +121,7 @@ static __always_inline struct flowtel_pair_stats *overflow_stats(void)
 }
 
 /* Lookup-or-insert in the active pair map; the overflow bucket when it is full. */
-static __always_inline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
+static __noinline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
 {
 	struct flowtel_pair_stats *stats;
 	__u32 zero = 0;
@@ -206,7 +206,7 @@ static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family
 	key->service_port = role == FLOWTEL_ROLE_CLIENT ? rport : lport;
 }
 
-static __always_inline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,
+static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,
 					      __u8 role)
 {
 	__u32 l6[4], r6[4], family, l4, r4, lport, rport;
