@@ -539,6 +539,7 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
 	s = pair_stats(&key);
 	if (!s)
 		return;
+	s->cgroup_id = sock_cgroup_id(sk);
 	sk_err = tp->inet_conn.icsk_inet.sk.sk_err;
 
 	if (old_state == BPF_TCP_SYN_SENT || old_state == BPF_TCP_SYN_RECV) {

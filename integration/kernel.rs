@@ -714,3 +714,28 @@ fn read_to_end_or_reset(stream: &mut TcpStream) -> std::io::Result<usize> {
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf)
 }
+
+#[test]
+fn two_agents_on_one_cgroup_both_count_exactly() {
+    let _serial = serial();
+    // another program on the same cgroup, with its own callback flags: here a second agent
+    let mut first = monitor();
+    let mut second = monitor();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    for _ in 0..20 {
+        exchange(&listener, addr, 100, 200);
+    }
+    let (ck, sk) = pair_keys(LO4, LO4, addr.port());
+    for m in [&mut first, &mut second] {
+        poll_until(m, "20 closes on both ends", |m| closed_both(m, &ck, &sk, 20));
+        let c = counters(m, &ck);
+        let s = counters(m, &sk);
+        assert_eq!((c.bytes_sent, c.bytes_received, c.conn_established), (2_000, 4_000, 20));
+        assert_eq!((s.bytes_sent, s.bytes_received, s.conn_established), (4_000, 2_000, 20));
+        assert!(
+            m.table().get(&sk).and_then(|p| p.owner.cgroup_id).is_some(),
+            "server pairs carry the cgroup id"
+        );
+    }
+}
