@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod flows;
 pub mod monitor;
 pub mod report;

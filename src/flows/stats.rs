@@ -67,6 +67,19 @@ pub struct Log2Histogram {
 }
 
 impl Log2Histogram {
+    /// `self - earlier`, field by field, for a histogram that only grows.
+    pub fn saturating_sub(&self, earlier: &Log2Histogram) -> Log2Histogram {
+        let mut out = Log2Histogram {
+            count: self.count.saturating_sub(earlier.count),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            ..Default::default()
+        };
+        for (k, slot) in out.buckets.iter_mut().enumerate() {
+            *slot = self.buckets[k].saturating_sub(earlier.buckets[k]);
+        }
+        out
+    }
+
     /// Upper bound in microseconds of bucket `k`.
     pub fn bucket_upper_us(k: usize) -> u64 {
         if k == 0 {
@@ -206,6 +219,27 @@ impl FlowCounters {
         additive != FlowCounters::default()
     }
 
+    /// `self - earlier` for the additive fields of two snapshots of growing totals; `active`
+    /// keeps `self`'s value.
+    pub fn saturating_sub(&self, earlier: &FlowCounters) -> FlowCounters {
+        let sub = |a: u64, b: u64| a.saturating_sub(b);
+        FlowCounters {
+            bytes_sent: sub(self.bytes_sent, earlier.bytes_sent),
+            bytes_received: sub(self.bytes_received, earlier.bytes_received),
+            segs_sent: sub(self.segs_sent, earlier.segs_sent),
+            segs_received: sub(self.segs_received, earlier.segs_received),
+            retrans: std::array::from_fn(|i| sub(self.retrans[i], earlier.retrans[i])),
+            rto: std::array::from_fn(|i| sub(self.rto[i], earlier.rto[i])),
+            conn_established: sub(self.conn_established, earlier.conn_established),
+            conn_closed: sub(self.conn_closed, earlier.conn_closed),
+            conn_reset: sub(self.conn_reset, earlier.conn_reset),
+            conn_failed: std::array::from_fn(|i| sub(self.conn_failed[i], earlier.conn_failed[i])),
+            connect_duration: self.connect_duration.saturating_sub(&earlier.connect_duration),
+            rtt: self.rtt.saturating_sub(&earlier.rtt),
+            active: self.active,
+        }
+    }
+
     /// Adds the additive fields of `delta`; `active` is not touched.
     pub fn add(&mut self, delta: &FlowCounters) {
         self.bytes_sent += delta.bytes_sent;
@@ -277,6 +311,33 @@ mod tests {
         assert_eq!(total.retrans, [2, 4, 6]);
         assert_eq!(total.failed(ConnectFailure::Timeout), 2);
         assert_eq!(total.active, 3);
+    }
+
+    #[test]
+    fn subtraction_undoes_addition() {
+        let mut h = Log2Histogram::default();
+        h.record(100);
+        let earlier = FlowCounters {
+            bytes_sent: 5,
+            rto: [1, 0, 0],
+            ..Default::default()
+        };
+        let delta = FlowCounters {
+            bytes_sent: 7,
+            rto: [0, 2, 0],
+            rtt: h,
+            active: 4,
+            ..Default::default()
+        };
+        let mut later = earlier.clone();
+        later.add(&delta);
+        later.active = 4;
+        assert_eq!(later.saturating_sub(&earlier), delta);
+        assert_eq!(
+            earlier.saturating_sub(&later).bytes_sent,
+            0,
+            "saturates instead of wrapping"
+        );
     }
 
     #[test]

@@ -237,8 +237,7 @@ impl Sampler {
         let (pairs, pair_map_entries) = drain(inner, &mut counters)?;
 
         let overflow_total = self.read_overflow()?;
-        let mut overflow = overflow_total.clone();
-        subtract(&mut overflow, &self.overflow_seen);
+        let overflow = overflow_total.saturating_sub(&self.overflow_seen);
         self.overflow_seen = overflow_total;
 
         self.read_counters(&mut counters)?;
@@ -352,36 +351,6 @@ fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<Pair
             })?;
     }
     Ok((pairs, keys.len()))
-}
-
-/// `total - seen` for the cumulative overflow bucket (it only grows).
-fn subtract(total: &mut FlowCounters, seen: &FlowCounters) {
-    let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
-    sub(&mut total.bytes_sent, seen.bytes_sent);
-    sub(&mut total.bytes_received, seen.bytes_received);
-    sub(&mut total.segs_sent, seen.segs_sent);
-    sub(&mut total.segs_received, seen.segs_received);
-    for i in 0..3 {
-        sub(&mut total.retrans[i], seen.retrans[i]);
-        sub(&mut total.rto[i], seen.rto[i]);
-    }
-    sub(&mut total.conn_established, seen.conn_established);
-    sub(&mut total.conn_closed, seen.conn_closed);
-    sub(&mut total.conn_reset, seen.conn_reset);
-    for i in 0..4 {
-        sub(&mut total.conn_failed[i], seen.conn_failed[i]);
-    }
-    for (h, s) in [
-        (&mut total.connect_duration, &seen.connect_duration),
-        (&mut total.rtt, &seen.rtt),
-    ] {
-        sub(&mut h.count, s.count);
-        sub(&mut h.sum_us, s.sum_us);
-        for (a, b) in h.buckets.iter_mut().zip(s.buckets.iter()) {
-            sub(a, *b);
-        }
-    }
-    total.active = 0;
 }
 
 fn load_error(what: &str, source: libbpf_rs::Error) -> SamplerError {
