@@ -160,6 +160,12 @@ static __always_inline __u32 log2_bucket(__u64 v)
 	return r < FLOWTEL_HIST_BUCKETS ? r : FLOWTEL_HIST_BUCKETS - 1;
 }
 
+/* Microseconds into the histogram's 2^-20 s units (see FLOWTEL_HIST_BUCKETS). */
+static __always_inline __u32 hist_bucket_us(__u64 us)
+{
+	return log2_bucket((us << 20) / 1000000);
+}
+
 static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
 {
 	__u32 rtt_us = srtt_us_x8 >> 3;
@@ -168,7 +174,7 @@ static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_
 		return;
 	__sync_fetch_and_add(&s->rtt_count, 1);
 	__sync_fetch_and_add(&s->rtt_sum_us, rtt_us);
-	__sync_fetch_and_add(&s->rtt_hist[log2_bucket(rtt_us)], 1);
+	__sync_fetch_and_add(&s->rtt_hist[hist_bucket_us(rtt_us)], 1);
 }
 
 /* The cheap default: srtt at close and per walk. With per-ACK samples on, those are the only
@@ -410,7 +416,7 @@ static __always_inline void on_active_established(struct bpf_sock_ops *ctx)
 	if (us) {
 		__sync_fetch_and_add(&s->connect_count, 1);
 		__sync_fetch_and_add(&s->connect_sum_us, us);
-		__sync_fetch_and_add(&s->connect_hist[log2_bucket(us)], 1);
+		__sync_fetch_and_add(&s->connect_hist[hist_bucket_us(us)], 1);
 	}
 }
 

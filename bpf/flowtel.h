@@ -7,7 +7,9 @@
 #ifndef __FLOWTEL_H
 #define __FLOWTEL_H
 
-/* Log2 RTT/connect-duration buckets: bucket 0 holds 0..1 us, bucket k holds (2^(k-1), 2^k] us. */
+/* Log2 RTT/connect-duration buckets in units of 2^-20 s (0.954 us): bucket 0 holds up to one
+ * unit, bucket k holds (2^(k-1), 2^k] units, which is OpenTelemetry's base-2 exponential bucket
+ * k-21 at scale 0 in seconds. */
 #define FLOWTEL_HIST_BUCKETS 32
 
 enum flowtel_role {

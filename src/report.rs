@@ -59,9 +59,9 @@ pub struct HistogramReport {
     pub count: u64,
     pub sum_us: u64,
     pub mean_us: Option<f64>,
-    pub p50_us_upper: Option<u64>,
-    pub p99_us_upper: Option<u64>,
-    /// Bucket k holds (2^(k-1), 2^k] microseconds; bucket 0 holds 0..=1.
+    pub p50_us_upper: Option<f64>,
+    pub p99_us_upper: Option<f64>,
+    /// Bucket k holds (2^(k-1), 2^k] units of 2^-20 s (0.954 us); bucket 0 up to one unit.
     pub buckets: Vec<u64>,
 }
 
@@ -117,8 +117,8 @@ impl From<&Log2Histogram> for HistogramReport {
             count: h.count,
             sum_us: h.sum_us,
             mean_us: h.mean_us(),
-            p50_us_upper: h.quantile_upper_us(0.5),
-            p99_us_upper: h.quantile_upper_us(0.99),
+            p50_us_upper: h.quantile_upper_seconds(0.5).map(|s| s * 1e6),
+            p99_us_upper: h.quantile_upper_seconds(0.99).map(|s| s * 1e6),
             buckets: h.buckets[..last].to_vec(),
         }
     }

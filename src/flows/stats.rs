@@ -56,9 +56,10 @@ impl ConnectFailure {
     }
 }
 
-/// A histogram of microsecond values in power-of-two buckets: bucket 0 holds 0..=1 us and
-/// bucket k holds (2^(k-1), 2^k] us, which is an OpenTelemetry base-2 exponential histogram at
-/// scale 0 with index k-1.
+/// A histogram of durations in power-of-two buckets of 2^-20 s units (0.954 us), as the BPF
+/// side fills it: bucket 0 holds up to one unit, bucket k holds (2^(k-1), 2^k] units. That is
+/// exactly an OpenTelemetry base-2 exponential histogram at scale 0 in seconds, bucket k being
+/// index `k + OTEL_INDEX_OFFSET`. The sum is kept in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Log2Histogram {
     pub count: u64,
@@ -67,41 +68,30 @@ pub struct Log2Histogram {
 }
 
 impl Log2Histogram {
-    /// `self - earlier`, field by field, for a histogram that only grows.
-    pub fn saturating_sub(&self, earlier: &Log2Histogram) -> Log2Histogram {
-        let mut out = Log2Histogram {
-            count: self.count.saturating_sub(earlier.count),
-            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
-            ..Default::default()
-        };
-        for (k, slot) in out.buckets.iter_mut().enumerate() {
-            *slot = self.buckets[k].saturating_sub(earlier.buckets[k]);
-        }
-        out
-    }
+    /// Seconds per bucket unit.
+    pub const UNIT_SECONDS: f64 = 1.0 / 1_048_576.0;
+    /// OpenTelemetry exponential-histogram index (scale 0, seconds) of bucket k is k + this.
+    pub const OTEL_INDEX_OFFSET: i32 = -21;
 
-    /// Upper bound in microseconds of bucket `k`.
-    pub fn bucket_upper_us(k: usize) -> u64 {
-        if k == 0 {
-            1
-        } else {
-            1u64 << k.min(63)
-        }
+    /// Upper bound in seconds of bucket `k`.
+    pub fn bucket_upper_seconds(k: usize) -> f64 {
+        (1u64 << k.min(63)) as f64 * Self::UNIT_SECONDS
     }
 
     /// The bucket a value falls into, as the BPF side computes it.
-    pub fn bucket_of(value_us: u64) -> usize {
-        if value_us <= 1 {
+    pub fn bucket_of_us(value_us: u64) -> usize {
+        let units = (value_us << 20) / 1_000_000;
+        if units <= 1 {
             return 0;
         }
-        let k = 64 - (value_us - 1).leading_zeros() as usize;
+        let k = 64 - (units - 1).leading_zeros() as usize;
         k.min(HIST_BUCKETS - 1)
     }
 
     pub fn record(&mut self, value_us: u64) {
         self.count += 1;
         self.sum_us += value_us;
-        self.buckets[Self::bucket_of(value_us)] += 1;
+        self.buckets[Self::bucket_of_us(value_us)] += 1;
     }
 
     pub fn add(&mut self, other: &Log2Histogram) {
@@ -116,8 +106,9 @@ impl Log2Histogram {
         (self.count > 0).then(|| self.sum_us as f64 / self.count as f64)
     }
 
-    /// Upper bound of the bucket holding quantile `q` (0..=1): accurate to a factor of two.
-    pub fn quantile_upper_us(&self, q: f64) -> Option<u64> {
+    /// Upper bound in seconds of the bucket holding quantile `q` (0..=1): accurate to a factor
+    /// of two.
+    pub fn quantile_upper_seconds(&self, q: f64) -> Option<f64> {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return None;
@@ -127,10 +118,23 @@ impl Log2Histogram {
         for (k, n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return Some(Self::bucket_upper_us(k));
+                return Some(Self::bucket_upper_seconds(k));
             }
         }
         None
+    }
+
+    /// `self - earlier`, field by field, for a histogram that only grows.
+    pub fn saturating_sub(&self, earlier: &Log2Histogram) -> Log2Histogram {
+        let mut out = Log2Histogram {
+            count: self.count.saturating_sub(earlier.count),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            ..Default::default()
+        };
+        for (k, slot) in out.buckets.iter_mut().enumerate() {
+            *slot = self.buckets[k].saturating_sub(earlier.buckets[k]);
+        }
+        out
     }
 }
 
@@ -267,16 +271,20 @@ mod tests {
 
     #[test]
     fn buckets_match_the_bpf_side() {
-        // bucket k holds (2^(k-1), 2^k]
-        assert_eq!(Log2Histogram::bucket_of(0), 0);
-        assert_eq!(Log2Histogram::bucket_of(1), 0);
-        assert_eq!(Log2Histogram::bucket_of(2), 1);
-        assert_eq!(Log2Histogram::bucket_of(3), 2);
-        assert_eq!(Log2Histogram::bucket_of(4), 2);
-        assert_eq!(Log2Histogram::bucket_of(5), 3);
-        assert_eq!(Log2Histogram::bucket_of(1024), 10);
-        assert_eq!(Log2Histogram::bucket_of(1025), 11);
-        assert_eq!(Log2Histogram::bucket_of(u64::MAX), HIST_BUCKETS - 1);
+        // units of 2^-20 s: 1 us = 1.05 units; bucket k holds (2^(k-1), 2^k] units
+        assert_eq!(Log2Histogram::bucket_of_us(0), 0);
+        assert_eq!(Log2Histogram::bucket_of_us(1), 0);
+        assert_eq!(Log2Histogram::bucket_of_us(2), 1);
+        assert_eq!(Log2Histogram::bucket_of_us(3), 2);
+        assert_eq!(Log2Histogram::bucket_of_us(4), 2);
+        assert_eq!(Log2Histogram::bucket_of_us(5), 3);
+        // 977 us is 1024.5 units, truncated to 1024; 978 us is 1025.5
+        assert_eq!(Log2Histogram::bucket_of_us(977), 10);
+        assert_eq!(Log2Histogram::bucket_of_us(978), 11);
+        assert_eq!(Log2Histogram::bucket_of_us(u64::MAX >> 21), HIST_BUCKETS - 1);
+        // bucket 21 ends at exactly 2 s: OpenTelemetry index 0 at scale 0 is (1, 2] s
+        assert_eq!(Log2Histogram::bucket_upper_seconds(21), 2.0);
+        assert_eq!(21 + Log2Histogram::OTEL_INDEX_OFFSET, 0);
     }
 
     #[test]
@@ -287,9 +295,11 @@ mod tests {
         }
         assert_eq!(h.count, 5);
         assert_eq!(h.sum_us, 1100);
-        assert_eq!(h.quantile_upper_us(0.5), Some(32));
-        assert_eq!(h.quantile_upper_us(1.0), Some(1024));
-        assert_eq!(Log2Histogram::default().quantile_upper_us(0.5), None);
+        // 30 us is 31.5 units: bucket 5, up to 32 units = 30.5 us
+        assert_eq!(h.quantile_upper_seconds(0.5), Some(32.0 / 1_048_576.0));
+        // 1000 us is 1048 units: bucket 11, up to 2048 units
+        assert_eq!(h.quantile_upper_seconds(1.0), Some(2048.0 / 1_048_576.0));
+        assert_eq!(Log2Histogram::default().quantile_upper_seconds(0.5), None);
     }
 
     #[test]
