@@ -65,11 +65,17 @@ pub struct Series {
     pub start: SystemTime,
     /// Cumulative since `start`; `active` is the current gauge.
     pub values: FlowCounters,
+    /// Counted since the previous export. Under delta temporality these are exported: the
+    /// overflow series' delta excludes totals that moved to it from dropped series, so the deltas
+    /// of an export always sum to what happened in its interval.
+    pub delta: FlowCounters,
 }
 
 /// Everything one export sends: the selected pairs in rank order, then the overflow series.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportFrame {
+    /// The previous export, where this frame's deltas start.
+    pub previous_time: SystemTime,
     pub time: SystemTime,
     pub series: Vec<Series>,
 }
@@ -95,6 +101,7 @@ pub struct SeriesSelector {
     selected: HashMap<FlowKey, Selected>,
     /// Each pair's cumulative counters at the last export, for interval deltas.
     previous: HashMap<FlowKey, FlowCounters>,
+    previous_totals: FlowCounters,
 }
 
 impl SeriesSelector {
@@ -105,6 +112,7 @@ impl SeriesSelector {
             last_export: now,
             selected: HashMap::new(),
             previous: HashMap::new(),
+            previous_totals: FlowCounters::default(),
         }
     }
 
@@ -138,8 +146,13 @@ impl SeriesSelector {
         let mut next: HashMap<FlowKey, Selected> = HashMap::with_capacity(ranked.len());
         let mut series = Vec::with_capacity(ranked.len() + 1);
         let mut in_series = FlowCounters::default();
+        let mut delta_in_series = FlowCounters::default();
         for (_, key) in &ranked {
             let Some(pair) = table.get(key) else { continue };
+            let delta = pair
+                .counters
+                .saturating_sub(&self.previous.get(*key).cloned().unwrap_or_default());
+            delta_in_series.add(&delta);
             let selected = self.selected.remove(*key).unwrap_or_else(|| Selected {
                 base: self.previous.get(*key).cloned().unwrap_or_default(),
                 start: self.last_export,
@@ -151,27 +164,40 @@ impl SeriesSelector {
                 process: pair.owner.comm.clone(),
                 start: selected.start,
                 values,
+                delta,
             });
             next.insert(**key, selected);
         }
 
-        let mut overflow = table.totals().saturating_sub(&in_series);
-        overflow.active = pairs
+        let overflow_active = pairs
             .iter()
             .filter(|p| !next.contains_key(&p.key))
             .map(|p| p.counters.active)
             .sum();
+        let mut overflow = table.totals().saturating_sub(&in_series);
+        overflow.active = overflow_active;
+        let mut overflow_delta = table
+            .totals()
+            .saturating_sub(&self.previous_totals)
+            .saturating_sub(&delta_in_series);
+        overflow_delta.active = overflow_active;
         series.push(Series {
             key: None,
             process: None,
             start: self.started,
             values: overflow,
+            delta: overflow_delta,
         });
 
         self.selected = next;
         self.previous = pairs.iter().map(|p| (p.key, p.counters.clone())).collect();
-        self.last_export = now;
-        ExportFrame { time: now, series }
+        self.previous_totals = table.totals().clone();
+        let previous_time = std::mem::replace(&mut self.last_export, now);
+        ExportFrame {
+            previous_time,
+            time: now,
+            series,
+        }
     }
 }
 
@@ -245,6 +271,7 @@ mod tests {
         );
         let mut last: HashMap<(Option<FlowKey>, SystemTime), FlowCounters> = HashMap::new();
         let mut rng = Lcg(7);
+        let mut totals_before = FlowCounters::default();
         for interval in 1..=40u64 {
             let mut deltas = Vec::new();
             for peer in 0..50u8 {
@@ -261,6 +288,16 @@ mod tests {
                 additive(table.totals()),
                 "interval {interval}: series sum to the totals"
             );
+            let mut deltas = FlowCounters::default();
+            for s in &frame.series {
+                deltas.add(&s.delta);
+            }
+            assert_eq!(
+                additive(&deltas),
+                additive(&table.totals().saturating_sub(&totals_before)),
+                "interval {interval}: deltas sum to the interval's change"
+            );
+            totals_before = table.totals().clone();
             for s in &frame.series {
                 let id = (s.key, s.start);
                 if let Some(before) = last.get(&id) {
