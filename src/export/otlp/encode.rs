@@ -1,0 +1,548 @@
+//! Export frames as OTLP `ExportMetricsServiceRequest`s. Metric names, units and attribute keys
+//! are a contract with dashboards: they live in [`names`] and nowhere else.
+//!
+//! Each per-pair value is exactly what the sampler counted; the overflow series carries
+//! `flowtel.flow.overflow=true` and no addresses. Counters with a zero value for a phase or an
+//! outcome are left out; every series always reports bytes, segments and its active gauge.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use crate::export::{ExportFrame, Series};
+use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
+
+/// Metric names and attribute keys (OpenTelemetry semantic conventions where one exists).
+pub mod names {
+    pub const BYTES: &str = "flowtel.tcp.bytes";
+    pub const SEGMENTS: &str = "flowtel.tcp.segments";
+    pub const RETRANSMITS: &str = "flowtel.tcp.retransmits";
+    pub const TIMEOUTS: &str = "flowtel.tcp.timeouts";
+    pub const RTT: &str = "flowtel.tcp.rtt";
+    pub const CONNECT_DURATION: &str = "flowtel.tcp.connect.duration";
+    pub const CONNECTIONS: &str = "flowtel.tcp.connections";
+    pub const CONNECTIONS_ACTIVE: &str = "flowtel.tcp.connections.active";
+
+    pub const NETWORK_TRANSPORT: &str = "network.transport";
+    pub const NETWORK_TYPE: &str = "network.type";
+    pub const LOCAL_ADDRESS: &str = "network.local.address";
+    pub const PEER_ADDRESS: &str = "network.peer.address";
+    pub const SERVER_PORT: &str = "server.port";
+    pub const HANDSHAKE_ROLE: &str = "network.tcp.handshake.role";
+    pub const PROCESS_NAME: &str = "process.executable.name";
+    pub const IO_DIRECTION: &str = "network.io.direction";
+    pub const PHASE: &str = "flowtel.tcp.phase";
+    pub const OUTCOME: &str = "flowtel.tcp.connection.outcome";
+    pub const ERROR_TYPE: &str = "error.type";
+    pub const OVERFLOW: &str = "flowtel.flow.overflow";
+}
+
+/// How sums and histograms report over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Temporality {
+    /// Running totals since each series' start (the default; what Prometheus expects).
+    #[default]
+    Cumulative,
+    /// What happened since the previous export.
+    Delta,
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+fn series_attributes(series: &Series) -> Vec<KeyValue> {
+    let mut attrs = vec![kv_str(names::NETWORK_TRANSPORT, "tcp")];
+    match &series.key {
+        Some(key) => {
+            attrs.push(kv_str(
+                names::NETWORK_TYPE,
+                if key.local.is_ipv4() { "ipv4" } else { "ipv6" },
+            ));
+            attrs.push(kv_str(names::LOCAL_ADDRESS, key.local.to_string()));
+            attrs.push(kv_str(names::PEER_ADDRESS, key.remote.to_string()));
+            attrs.push(kv(
+                names::SERVER_PORT,
+                any_value::Value::IntValue(i64::from(key.service_port)),
+            ));
+            attrs.push(kv_str(names::HANDSHAKE_ROLE, key.role.as_str()));
+            if let Some(process) = &series.process {
+                attrs.push(kv_str(names::PROCESS_NAME, process.clone()));
+            }
+        }
+        None => attrs.push(kv(names::OVERFLOW, any_value::Value::BoolValue(true))),
+    }
+    attrs
+}
+
+/// The window and values one series reports in one export.
+struct Point<'a> {
+    attributes: Vec<KeyValue>,
+    start: u64,
+    time: u64,
+    values: &'a FlowCounters,
+    active: u64,
+}
+
+fn number(point: &Point<'_>, extra: &[KeyValue], value: u64) -> NumberDataPoint {
+    let mut attributes = point.attributes.clone();
+    attributes.extend_from_slice(extra);
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: point.start,
+        time_unix_nano: point.time,
+        value: Some(number_data_point::Value::AsInt(
+            i64::try_from(value).unwrap_or(i64::MAX),
+        )),
+        ..Default::default()
+    }
+}
+
+fn histogram(point: &Point<'_>, h: &Log2Histogram) -> Option<ExponentialHistogramDataPoint> {
+    let first = h.buckets.iter().position(|n| *n > 0)?;
+    let last = h.buckets.iter().rposition(|n| *n > 0)?;
+    let count: u64 = h.buckets.iter().sum();
+    Some(ExponentialHistogramDataPoint {
+        attributes: point.attributes.clone(),
+        start_time_unix_nano: point.start,
+        time_unix_nano: point.time,
+        count,
+        sum: Some(h.sum_us as f64 / 1e6),
+        scale: 0,
+        zero_count: 0,
+        positive: Some(Buckets {
+            offset: first as i32 + Log2Histogram::OTEL_INDEX_OFFSET,
+            bucket_counts: h.buckets[first..=last].to_vec(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn sum_metric(name: &str, unit: &str, description: &str, temporality: i32, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.to_string(),
+        description: description.to_string(),
+        unit: unit.to_string(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: temporality,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+fn histogram_metric(
+    name: &str,
+    description: &str,
+    temporality: i32,
+    points: Vec<ExponentialHistogramDataPoint>,
+) -> Metric {
+    Metric {
+        name: name.to_string(),
+        description: description.to_string(),
+        unit: "s".to_string(),
+        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: points,
+            aggregation_temporality: temporality,
+        })),
+        ..Default::default()
+    }
+}
+
+/// One request with every metric of the frame.
+pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality) -> ExportMetricsServiceRequest {
+    let time = unix_nanos(frame.time);
+    let temporality_code = match temporality {
+        Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
+        Temporality::Delta => AggregationTemporality::Delta as i32,
+    };
+    let points: Vec<Point<'_>> = frame
+        .series
+        .iter()
+        .map(|s| {
+            let (start, values) = match temporality {
+                Temporality::Cumulative => (unix_nanos(s.start), &s.values),
+                Temporality::Delta => (unix_nanos(frame.previous_time), &s.delta),
+            };
+            Point {
+                attributes: series_attributes(s),
+                start,
+                time,
+                values,
+                active: s.values.active,
+            }
+        })
+        .collect();
+
+    let direction = |d: &str| kv_str(names::IO_DIRECTION, d);
+    let mut bytes = Vec::new();
+    let mut segments = Vec::new();
+    let mut retransmits = Vec::new();
+    let mut timeouts = Vec::new();
+    let mut connections = Vec::new();
+    let mut active = Vec::new();
+    let mut rtt = Vec::new();
+    let mut connect = Vec::new();
+    for p in &points {
+        let v = p.values;
+        bytes.push(number(p, &[direction("transmit")], v.bytes_sent));
+        bytes.push(number(p, &[direction("receive")], v.bytes_received));
+        segments.push(number(p, &[direction("transmit")], v.segs_sent));
+        segments.push(number(p, &[direction("receive")], v.segs_received));
+        for phase in Phase::ALL {
+            let attr = [kv_str(names::PHASE, phase.as_str())];
+            if v.retransmits(phase) > 0 {
+                retransmits.push(number(p, &attr, v.retransmits(phase)));
+            }
+            if v.timeouts(phase) > 0 {
+                timeouts.push(number(p, &attr, v.timeouts(phase)));
+            }
+        }
+        let outcome = |o: &str| kv_str(names::OUTCOME, o);
+        for (name, n) in [
+            ("established", v.conn_established),
+            ("closed", v.conn_closed),
+            ("reset", v.conn_reset),
+        ] {
+            if n > 0 {
+                connections.push(number(p, &[outcome(name)], n));
+            }
+        }
+        for why in ConnectFailure::ALL {
+            if v.failed(why) > 0 {
+                connections.push(number(
+                    p,
+                    &[outcome("failed"), kv_str(names::ERROR_TYPE, why.as_str())],
+                    v.failed(why),
+                ));
+            }
+        }
+        active.push(NumberDataPoint {
+            start_time_unix_nano: 0,
+            ..number(p, &[], p.active)
+        });
+        rtt.extend(histogram(p, &v.rtt));
+        connect.extend(histogram(p, &v.connect_duration));
+    }
+
+    let metrics = vec![
+        sum_metric(
+            names::BYTES,
+            "By",
+            "Application bytes: acknowledged by the peer (transmit), received in order (receive)",
+            temporality_code,
+            bytes,
+        ),
+        sum_metric(
+            names::SEGMENTS,
+            "{segment}",
+            "Segments carrying data, retransmissions included",
+            temporality_code,
+            segments,
+        ),
+        sum_metric(
+            names::RETRANSMITS,
+            "{segment}",
+            "Retransmitted segments, by connection phase",
+            temporality_code,
+            retransmits,
+        ),
+        sum_metric(
+            names::TIMEOUTS,
+            "{timeout}",
+            "Retransmission timer expiries, by connection phase",
+            temporality_code,
+            timeouts,
+        ),
+        histogram_metric(
+            names::RTT,
+            "Smoothed round-trip time: one sample at each close and one per live connection per poll",
+            temporality_code,
+            rtt,
+        ),
+        histogram_metric(
+            names::CONNECT_DURATION,
+            "Client side: from connect() to established",
+            temporality_code,
+            connect,
+        ),
+        sum_metric(
+            names::CONNECTIONS,
+            "{connection}",
+            "Connections by outcome",
+            temporality_code,
+            connections,
+        ),
+        Metric {
+            name: names::CONNECTIONS_ACTIVE.to_string(),
+            description: "Established connections alive at the last poll".to_string(),
+            unit: "{connection}".to_string(),
+            data: Some(metric::Data::Gauge(Gauge { data_points: active })),
+            ..Default::default()
+        },
+    ];
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource.clone()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "flowtel".to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    ..Default::default()
+                }),
+                metrics: metrics.into_iter().filter(|m| has_points(m)).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+fn has_points(m: &Metric) -> bool {
+    match &m.data {
+        Some(metric::Data::Sum(s)) => !s.data_points.is_empty(),
+        Some(metric::Data::Gauge(g)) => !g.data_points.is_empty(),
+        Some(metric::Data::ExponentialHistogram(h)) => !h.data_points.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::flows::{FlowKey, Role};
+
+    fn frame() -> ExportFrame {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut pair = FlowCounters {
+            bytes_sent: 1200,
+            bytes_received: 3400,
+            segs_sent: 3,
+            segs_received: 4,
+            retrans: [0, 2, 0],
+            conn_established: 5,
+            conn_closed: 4,
+            conn_failed: [1, 0, 0, 0],
+            active: 1,
+            ..Default::default()
+        };
+        pair.rtt.record(30); // 31 units: bucket 5, OpenTelemetry index -16
+        pair.rtt.record(1000); // 1048 units: bucket 11, index -10
+        let overflow = FlowCounters {
+            bytes_sent: 10,
+            active: 2,
+            ..Default::default()
+        };
+        let key = FlowKey {
+            local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            remote: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            service_port: 5432,
+            role: Role::Client,
+        };
+        ExportFrame {
+            previous_time: t0 + Duration::from_secs(30),
+            time: t0 + Duration::from_secs(60),
+            series: vec![
+                Series {
+                    key: Some(key),
+                    process: Some("psql".into()),
+                    start: t0,
+                    values: pair.clone(),
+                    delta: pair,
+                },
+                Series {
+                    key: None,
+                    process: None,
+                    start: t0,
+                    values: overflow.clone(),
+                    delta: overflow,
+                },
+            ],
+        }
+    }
+
+    fn metric<'a>(req: &'a ExportMetricsServiceRequest, name: &str) -> &'a Metric {
+        req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .expect(name)
+    }
+
+    fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    fn sums(m: &Metric) -> &[NumberDataPoint] {
+        match &m.data {
+            Some(metric::Data::Sum(s)) => {
+                assert!(s.is_monotonic);
+                &s.data_points
+            }
+            other => panic!("{} is not a sum: {other:?}", m.name),
+        }
+    }
+
+    fn int(p: &NumberDataPoint) -> i64 {
+        match p.value {
+            Some(number_data_point::Value::AsInt(v)) => v,
+            ref other => panic!("not an int: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_units_and_flow_pair_attributes() {
+        let req = encode(&frame(), &Resource::default(), Temporality::Cumulative);
+        let bytes = metric(&req, names::BYTES);
+        assert_eq!(bytes.unit, "By");
+        let points = sums(bytes);
+        assert_eq!(
+            points.len(),
+            4,
+            "two directions for the pair and for the overflow series"
+        );
+        let tx = &points[0];
+        assert_eq!(int(tx), 1200);
+        assert_eq!(
+            attr(&tx.attributes, names::IO_DIRECTION),
+            Some(&any_value::Value::StringValue("transmit".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::NETWORK_TRANSPORT),
+            Some(&any_value::Value::StringValue("tcp".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::NETWORK_TYPE),
+            Some(&any_value::Value::StringValue("ipv4".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::LOCAL_ADDRESS),
+            Some(&any_value::Value::StringValue("10.0.0.1".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::PEER_ADDRESS),
+            Some(&any_value::Value::StringValue("10.0.0.2".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::SERVER_PORT),
+            Some(&any_value::Value::IntValue(5432))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::HANDSHAKE_ROLE),
+            Some(&any_value::Value::StringValue("client".into()))
+        );
+        assert_eq!(
+            attr(&tx.attributes, names::PROCESS_NAME),
+            Some(&any_value::Value::StringValue("psql".into()))
+        );
+        assert_eq!(tx.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(tx.time_unix_nano, 1_700_000_060_000_000_000);
+        assert_eq!(int(&points[1]), 3400);
+
+        let overflow = &points[2];
+        assert_eq!(int(overflow), 10);
+        assert_eq!(
+            attr(&overflow.attributes, names::OVERFLOW),
+            Some(&any_value::Value::BoolValue(true))
+        );
+        assert_eq!(
+            attr(&overflow.attributes, names::PEER_ADDRESS),
+            None,
+            "no addresses on the overflow series"
+        );
+
+        assert_eq!(metric(&req, names::SEGMENTS).unit, "{segment}");
+        let retrans = sums(metric(&req, names::RETRANSMITS));
+        assert_eq!(retrans.len(), 1, "zero phases are left out");
+        assert_eq!(
+            attr(&retrans[0].attributes, names::PHASE),
+            Some(&any_value::Value::StringValue("established".into()))
+        );
+        assert_eq!(int(&retrans[0]), 2);
+        assert!(req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .all(|m| m.name != names::TIMEOUTS));
+
+        let conns = sums(metric(&req, names::CONNECTIONS));
+        let failed = conns
+            .iter()
+            .find(|p| attr(&p.attributes, names::OUTCOME) == Some(&any_value::Value::StringValue("failed".into())))
+            .expect("failed outcome");
+        assert_eq!(
+            attr(&failed.attributes, names::ERROR_TYPE),
+            Some(&any_value::Value::StringValue("refused".into()))
+        );
+        assert_eq!(int(failed), 1);
+
+        let Some(metric::Data::Gauge(active)) = &metric(&req, names::CONNECTIONS_ACTIVE).data else {
+            panic!("active is a gauge")
+        };
+        assert_eq!(active.data_points.iter().map(int).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn rtt_is_an_exact_base2_exponential_histogram_in_seconds() {
+        let req = encode(&frame(), &Resource::default(), Temporality::Cumulative);
+        let rtt = metric(&req, names::RTT);
+        assert_eq!(rtt.unit, "s");
+        let Some(metric::Data::ExponentialHistogram(h)) = &rtt.data else {
+            panic!("exponential histogram")
+        };
+        assert_eq!(h.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+        assert_eq!(h.data_points.len(), 1, "the overflow series has no samples");
+        let p = &h.data_points[0];
+        assert_eq!((p.count, p.scale), (2, 0));
+        assert_eq!(p.sum, Some(0.00103));
+        let buckets = p.positive.as_ref().expect("positive buckets");
+        assert_eq!(buckets.offset, -16);
+        assert_eq!(buckets.bucket_counts, vec![1, 0, 0, 0, 0, 0, 1]);
+        // index -16 at scale 0 is (2^-16, 2^-15] s = (15.3, 30.5] us: it holds the 30 us sample
+        assert!(2f64.powi(-16) < 30e-6 && 30e-6 <= 2f64.powi(-15));
+        assert!(2f64.powi(-10) < 1000e-6 && 1000e-6 <= 2f64.powi(-9));
+    }
+
+    #[test]
+    fn delta_temporality_reports_the_interval() {
+        let mut f = frame();
+        f.series[0].delta = FlowCounters {
+            bytes_sent: 7,
+            ..Default::default()
+        };
+        let req = encode(&f, &Resource::default(), Temporality::Delta);
+        let Some(metric::Data::Sum(bytes)) = &metric(&req, names::BYTES).data else {
+            panic!("sum")
+        };
+        assert_eq!(bytes.aggregation_temporality, AggregationTemporality::Delta as i32);
+        assert_eq!(int(&bytes.data_points[0]), 7);
+        assert_eq!(bytes.data_points[0].start_time_unix_nano, 1_700_000_030_000_000_000);
+    }
+}

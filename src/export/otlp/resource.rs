@@ -1,0 +1,75 @@
+//! The OTLP resource: `service.name` (default `flowtel`, `OTEL_SERVICE_NAME` wins),
+//! `service.version`, `host.name`, `host.id` (the machine id), `os.type`, and anything in
+//! `OTEL_RESOURCE_ATTRIBUTES`, which overrides the detected values.
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector};
+use opentelemetry_sdk::Resource;
+
+pub const DEFAULT_SERVICE_NAME: &str = "flowtel";
+
+/// Builds the resource from the host and the process environment.
+pub fn detect() -> Resource {
+    let service_name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty());
+    build(host_name(), machine_id(), service_name)
+}
+
+fn build(host_name: Option<String>, host_id: Option<String>, service_name: Option<String>) -> Resource {
+    let mut defaults = vec![
+        KeyValue::new("service.name", DEFAULT_SERVICE_NAME),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("os.type", "linux"),
+    ];
+    defaults.extend(host_name.map(|h| KeyValue::new("host.name", h)));
+    defaults.extend(host_id.map(|h| KeyValue::new("host.id", h)));
+    let detectors: Vec<Box<dyn ResourceDetector>> = vec![Box::new(EnvResourceDetector::new())];
+    let builder = Resource::builder_empty()
+        .with_attributes(defaults)
+        .with_detectors(&detectors);
+    match service_name {
+        Some(name) => builder.with_service_name(name).build(),
+        None => builder.build(),
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The machine id, as the OpenTelemetry host detector reads it.
+fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(resource: &Resource, key: &str) -> Option<String> {
+        resource
+            .get(&opentelemetry::Key::from(key.to_string()))
+            .map(|v| v.to_string())
+    }
+
+    #[test]
+    fn defaults_name_the_agent_and_the_host() {
+        let r = build(Some("node-1".into()), Some("abc123".into()), None);
+        assert_eq!(get(&r, "service.name").as_deref(), Some("flowtel"));
+        assert_eq!(get(&r, "service.version").as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(get(&r, "host.name").as_deref(), Some("node-1"));
+        assert_eq!(get(&r, "host.id").as_deref(), Some("abc123"));
+        assert_eq!(get(&r, "os.type").as_deref(), Some("linux"));
+    }
+
+    #[test]
+    fn otel_service_name_wins() {
+        let r = build(None, None, Some("edge-agent".into()));
+        assert_eq!(get(&r, "service.name").as_deref(), Some("edge-agent"));
+    }
+}
