@@ -134,3 +134,100 @@ fn snapshot_json_reports_a_connection_made_while_it_ran() {
     }
     assert!(json["agent"]["pair_map_capacity"].as_u64().is_some_and(|c| c > 0));
 }
+
+/// Waits for the "sampler attached" log line of a child started with a piped stderr.
+fn wait_attached(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while !line.contains("sampler attached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "flowtel exited before attaching"
+        );
+        assert!(Instant::now() < deadline, "no 'sampler attached' line");
+    }
+    stderr
+}
+
+#[test]
+fn run_writes_otlp_json_lines_that_decode_to_the_measured_bytes() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("metrics.jsonl");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env_remove("FLOWTEL_CONFIG")
+        .env("FLOWTEL_EXPORT__FILE_PATH", &path)
+        .env("FLOWTEL_EXPORT__INTERVAL_SECS", "1")
+        .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtel run starts");
+    let _stderr = wait_attached(&mut child);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 3];
+            c.read_exact(&mut buf).expect("read");
+            c.write_all(b"pong!").expect("write");
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(b"pin").expect("write");
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).expect("read");
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child process by pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    let status = child.wait().expect("flowtel exits");
+    assert!(status.success(), "clean exit on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(5), "exits within 5 s");
+
+    let text = std::fs::read_to_string(&path).expect("metrics file written");
+    let last = text.lines().last().expect("at least one export");
+    let request: ExportMetricsServiceRequest = serde_json::from_str(last).expect("OTLP JSON decodes");
+    let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+    let bytes = metrics
+        .iter()
+        .find(|m| m.name == "flowtel.tcp.bytes")
+        .expect("bytes metric");
+    assert_eq!(bytes.unit, "By");
+    let Some(metric::Data::Sum(sum)) = &bytes.data else {
+        panic!("bytes is a sum")
+    };
+    let attr = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint, k: &str| {
+        p.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value)
+    };
+    let value = |role: &str, direction: &str| -> Option<i64> {
+        sum.data_points
+            .iter()
+            .find(|p| {
+                attr(p, "server.port") == Some(Value::IntValue(i64::from(port)))
+                    && attr(p, "network.tcp.handshake.role") == Some(Value::StringValue(role.into()))
+                    && attr(p, "network.io.direction") == Some(Value::StringValue(direction.into()))
+            })
+            .and_then(|p| match p.value {
+                Some(number_data_point::Value::AsInt(v)) => Some(v),
+                _ => None,
+            })
+    };
+    assert_eq!(value("client", "transmit"), Some(3));
+    assert_eq!(value("client", "receive"), Some(5));
+    assert_eq!(value("server", "transmit"), Some(5));
+    assert_eq!(value("server", "receive"), Some(3));
+    let resource = request.resource_metrics[0].resource.as_ref().expect("resource");
+    assert!(resource.attributes.iter().any(|a| a.key == "service.name"
+        && a.value.as_ref().and_then(|v| v.value.clone()) == Some(Value::StringValue("flowtel".into()))));
+}

@@ -1,11 +1,12 @@
 //! Wiring: runs the monitor on its own thread, stops it on SIGINT/SIGTERM. No flow logic here.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::export::ExportPipeline;
 use crate::monitor::Monitor;
 use crate::report::Snapshot;
 
@@ -38,8 +39,11 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+    let mut exporter = ExportPipeline::new(&config.export_config(), SystemTime::now())?;
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
+    let export_every = config.export_interval();
     let mut last_summary = Instant::now();
+    let mut last_export = Instant::now();
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
         if let Err(e) = monitor.poll(now) {
@@ -53,8 +57,26 @@ fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
             log_summary(&monitor);
             last_summary = now;
         }
+        if exporter.has_outputs() && now.duration_since(last_export) >= export_every {
+            export(&mut exporter, &monitor);
+            last_export = now;
+        }
+    }
+    // final export: what was counted since the last one is not lost at shutdown
+    if exporter.has_outputs() {
+        match monitor.poll(Instant::now()) {
+            Ok(()) => export(&mut exporter, &monitor),
+            Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "final poll failed"),
+        }
     }
     Ok(())
+}
+
+fn export(exporter: &mut ExportPipeline, monitor: &Monitor) {
+    match exporter.export(monitor.table(), SystemTime::now()) {
+        Ok(report) => tracing::debug!(series = report.series, file_bytes = report.file_bytes, "exported"),
+        Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "export failed"),
+    }
 }
 
 /// Sleeps `total` in small steps; false once `stop` is set.

@@ -9,6 +9,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::export::otlp::Temporality;
+use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
 
@@ -18,6 +20,7 @@ const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
 
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_SUMMARY_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_EXPORT_INTERVAL_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,6 +40,38 @@ pub struct Config {
     pub sampler: SamplerSection,
     pub flows: FlowsSection,
     pub run: RunSection,
+    pub export: ExportSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Seconds between exports (minimum 1).
+    pub interval_secs: u64,
+    /// Flow pairs exported with series of their own; the rest share one overflow series.
+    pub top_k: usize,
+    /// Seconds an idle pair (no traffic, no live connection) keeps its series.
+    pub stale_after_secs: u64,
+    /// What ranks pairs for the top K: "loss" (weighted retransmits, timeouts, failures; then
+    /// bytes) or "bytes".
+    pub rank_by: RankBy,
+    /// "cumulative" or "delta".
+    pub temporality: Temporality,
+    /// Append OTLP JSON lines to this file; unset: no file output.
+    pub file_path: Option<PathBuf>,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self {
+            interval_secs: DEFAULT_EXPORT_INTERVAL_SECS,
+            top_k: DEFAULT_TOP_K,
+            stale_after_secs: DEFAULT_STALE_AFTER.as_secs(),
+            rank_by: RankBy::Loss,
+            temporality: Temporality::Cumulative,
+            file_path: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +185,12 @@ impl Config {
         if self.flows.max_pairs == 0 {
             return Err(ConfigError::Invalid("flows.max_pairs must be at least 1".into()));
         }
+        if self.export.interval_secs == 0 {
+            return Err(ConfigError::Invalid("export.interval_secs must be at least 1".into()));
+        }
+        if self.export.top_k == 0 {
+            return Err(ConfigError::Invalid("export.top_k must be at least 1".into()));
+        }
         if self.run.summary_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "run.summary_interval_secs must be at least 1".into(),
@@ -172,6 +213,27 @@ impl Config {
             idle_timeout: Duration::from_secs(self.flows.idle_timeout_secs),
             max_pairs: self.flows.max_pairs,
         }
+    }
+
+    pub fn selection_config(&self) -> SelectionConfig {
+        SelectionConfig {
+            top_k: self.export.top_k,
+            stale_after: Duration::from_secs(self.export.stale_after_secs),
+            rank_by: self.export.rank_by,
+            ..Default::default()
+        }
+    }
+
+    pub fn export_config(&self) -> ExportConfig {
+        ExportConfig {
+            selection: self.selection_config(),
+            temporality: self.export.temporality,
+            file_path: self.export.file_path.clone(),
+        }
+    }
+
+    pub fn export_interval(&self) -> Duration {
+        Duration::from_secs(self.export.interval_secs)
     }
 
     pub fn poll_interval(&self) -> Duration {

@@ -1,6 +1,9 @@
 //! Export: which flow pairs become series ([`select`]), then the outputs. The selection is pure;
 //! outputs only convert what it decides.
+pub mod file;
 pub mod otlp;
+pub mod pipeline;
 pub mod select;
 
-pub use select::{ExportFrame, RankBy, SelectionConfig, Series, SeriesSelector, DEFAULT_TOP_K};
+pub use pipeline::{ExportConfig, ExportPipeline, ExportReport};
+pub use select::{ExportFrame, RankBy, SelectionConfig, Series, SeriesSelector, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};

@@ -11,12 +11,14 @@
 //!
 //! Pure: the table and the time are passed in.
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::flows::{FlowCounters, FlowKey, FlowTable};
 
 /// Pairs exported with their own series per export.
 pub const DEFAULT_TOP_K: usize = 1000;
+/// How long an idle pair keeps its series.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(300);
 /// Loss score weights: a retransmission timeout or a failed connect hurts more than one
 /// retransmitted segment.
 pub const DEFAULT_RETRANSMIT_WEIGHT: u64 = 1;
@@ -37,6 +39,9 @@ pub enum RankBy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SelectionConfig {
     pub top_k: usize,
+    /// A selected pair with no traffic and no live connection keeps its series this long, so
+    /// that a pair busy every few intervals does not restart its series each time.
+    pub stale_after: Duration,
     pub rank_by: RankBy,
     pub retransmit_weight: u64,
     pub timeout_weight: u64,
@@ -47,6 +52,7 @@ impl Default for SelectionConfig {
     fn default() -> Self {
         Self {
             top_k: DEFAULT_TOP_K,
+            stale_after: DEFAULT_STALE_AFTER,
             rank_by: RankBy::Loss,
             retransmit_weight: DEFAULT_RETRANSMIT_WEIGHT,
             timeout_weight: DEFAULT_TIMEOUT_WEIGHT,
@@ -90,6 +96,7 @@ impl ExportFrame {
 struct Selected {
     base: FlowCounters,
     start: SystemTime,
+    last_active: SystemTime,
 }
 
 /// Remembers which pairs have series and where each series started.
@@ -135,8 +142,13 @@ impl SeriesSelector {
         for pair in &pairs {
             let before = self.previous.get(&pair.key).cloned().unwrap_or_default();
             let delta = pair.counters.saturating_sub(&before);
-            // idle pairs (no traffic, no live connection) stop being exported
-            if delta.has_activity() || pair.counters.active > 0 {
+            // pairs idle (no traffic, no live connection) for stale_after stop being exported
+            let busy = delta.has_activity() || pair.counters.active > 0;
+            let recently_selected = self
+                .selected
+                .get(&pair.key)
+                .is_some_and(|s| now.duration_since(s.last_active).unwrap_or_default() < self.config.stale_after);
+            if busy || recently_selected {
                 ranked.push((self.score(&delta), &pair.key));
             }
         }
@@ -153,10 +165,14 @@ impl SeriesSelector {
                 .counters
                 .saturating_sub(&self.previous.get(*key).cloned().unwrap_or_default());
             delta_in_series.add(&delta);
-            let selected = self.selected.remove(*key).unwrap_or_else(|| Selected {
+            let mut selected = self.selected.remove(*key).unwrap_or_else(|| Selected {
                 base: self.previous.get(*key).cloned().unwrap_or_default(),
                 start: self.last_export,
+                last_active: now,
             });
+            if delta.has_activity() || pair.counters.active > 0 {
+                selected.last_active = now;
+            }
             let values = pair.counters.saturating_sub(&selected.base);
             in_series.add(&values);
             series.push(Series {
@@ -351,7 +367,11 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH;
         let i0 = Instant::now();
         let mut table = FlowTable::new(FlowTableConfig::default());
-        let mut selector = SeriesSelector::new(SelectionConfig::default(), t0);
+        let config = SelectionConfig {
+            stale_after: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut selector = SeriesSelector::new(config, t0);
         let at = |n: u64| t0 + Duration::from_secs(30 * n);
 
         table.apply_poll(&[delta(1, 100, 0)], &FlowCounters::default(), i0);
@@ -361,7 +381,13 @@ mod tests {
         assert_eq!(first.series[0].values.bytes_sent, 100);
 
         table.apply_poll(&[], &FlowCounters::default(), i0);
-        let idle = selector.select(&table, at(2));
+        let quiet = selector.select(&table, at(2));
+        assert_eq!(quiet.series.len(), 2, "idle for less than stale_after: still exported");
+        assert_eq!((quiet.series[0].start, quiet.series[0].values.bytes_sent), (t0, 100));
+        assert_eq!(quiet.series[0].delta.bytes_sent, 0);
+
+        table.apply_poll(&[], &FlowCounters::default(), i0);
+        let idle = selector.select(&table, at(3));
         assert_eq!(idle.series.len(), 1, "only the overflow series while the pair is idle");
         assert_eq!(
             idle.overflow().map(|s| s.values.bytes_sent),
@@ -370,10 +396,10 @@ mod tests {
         );
 
         table.apply_poll(&[delta(1, 50, 0)], &FlowCounters::default(), i0);
-        let back = selector.select(&table, at(3));
+        let back = selector.select(&table, at(4));
         assert_eq!(
             back.series[0].start,
-            at(2),
+            at(3),
             "a new series, counting from the previous export"
         );
         assert_eq!(back.series[0].values.bytes_sent, 50);

@@ -311,7 +311,7 @@ pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     ..Default::default()
                 }),
-                metrics: metrics.into_iter().filter(|m| has_points(m)).collect(),
+                metrics: metrics.into_iter().filter(has_points).collect(),
                 schema_url: String::new(),
             }],
             schema_url: String::new(),
