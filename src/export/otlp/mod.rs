@@ -2,5 +2,6 @@
 //! describes this agent.
 pub mod encode;
 pub mod resource;
+pub mod settings;
 
 pub use encode::{encode, names, Temporality};
