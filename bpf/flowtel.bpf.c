@@ -336,6 +336,7 @@ static __always_inline void track(struct bpf_sock_ops *ctx, __u32 extra)
 
 static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 {
+	struct task_struct *task;
 	struct flowtel_pair_key key = {};
 	struct flowtel_pair_stats *s;
 	struct bpf_sock *bsk = ctx->sk;
@@ -348,8 +349,10 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 	s = pair_stats(&key);
 	if (!s)
 		return;
-	s->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
+		s->pid = bpf_get_current_pid_tgid() >> 32;
+	/* the process's name (its main thread's comm), not the calling thread's */
+	task = bpf_get_current_task_btf();
+	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->group_leader->comm);
 	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
 	if (tp)
 		s->cgroup_id = sock_cgroup_id((struct sock *)tp);

@@ -17,7 +17,8 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
-    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &loop_stop));
+    let runtime = tokio::runtime::Handle::current();
+    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &loop_stop, &runtime));
     tokio::select! {
         joined = &mut poller => return joined.context("poll loop panicked")?,
         signal = shutdown_signal() => signal?,
@@ -37,11 +38,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
+fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+    let export_config = config.export_config(|name| std::env::var(name).ok())?;
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
-    let mut exporter = ExportPipeline::new(&config.export_config(), SystemTime::now())?;
+    let mut exporter = ExportPipeline::new(&export_config, SystemTime::now(), runtime)?;
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
-    let export_every = config.export_interval();
+    let export_every = export_config.interval;
     let mut last_summary = Instant::now();
     let mut last_export = Instant::now();
     while sleep_unless_stopped(config.poll_interval(), stop) {
@@ -69,12 +71,13 @@ fn run_loop(config: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "final poll failed"),
         }
     }
+    exporter.finish(runtime);
     Ok(())
 }
 
 fn export(exporter: &mut ExportPipeline, monitor: &Monitor) {
     match exporter.export(monitor.table(), SystemTime::now()) {
-        Ok(report) => tracing::debug!(series = report.series, file_bytes = report.file_bytes, "exported"),
+        Ok(()) => tracing::debug!(series = exporter.stats().series, "exported"),
         Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "export failed"),
     }
 }

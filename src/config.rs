@@ -9,6 +9,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::export::otlp::settings::{resolve, resolve_interval, resolve_temporality, OtlpSection, SettingsError};
 use crate::export::otlp::Temporality;
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
@@ -59,6 +60,8 @@ pub struct ExportSection {
     pub temporality: Temporality,
     /// Append OTLP JSON lines to this file; unset: no file output.
     pub file_path: Option<PathBuf>,
+    /// OTLP destination; OTEL_EXPORTER_OTLP_* variables override it.
+    pub otlp: OtlpSection,
 }
 
 impl Default for ExportSection {
@@ -70,6 +73,7 @@ impl Default for ExportSection {
             rank_by: RankBy::Loss,
             temporality: Temporality::Cumulative,
             file_path: None,
+            otlp: OtlpSection::default(),
         }
     }
 }
@@ -224,16 +228,17 @@ impl Config {
         }
     }
 
-    pub fn export_config(&self) -> ExportConfig {
-        ExportConfig {
+    /// The export settings, with the standard OTEL_* variables (looked up through `env`) over
+    /// the configuration.
+    pub fn export_config(&self, env: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
+        let invalid = |e: SettingsError| ConfigError::Invalid(e.to_string());
+        Ok(ExportConfig {
             selection: self.selection_config(),
-            temporality: self.export.temporality,
+            temporality: resolve_temporality(self.export.temporality, &env).map_err(invalid)?,
+            interval: resolve_interval(Duration::from_secs(self.export.interval_secs), &env).map_err(invalid)?,
             file_path: self.export.file_path.clone(),
-        }
-    }
-
-    pub fn export_interval(&self) -> Duration {
-        Duration::from_secs(self.export.interval_secs)
+            otlp: resolve(&self.export.otlp, &env).map_err(invalid)?,
+        })
     }
 
     pub fn poll_interval(&self) -> Duration {

@@ -5,5 +5,5 @@ pub mod otlp;
 pub mod pipeline;
 pub mod select;
 
-pub use pipeline::{ExportConfig, ExportPipeline, ExportReport};
+pub use pipeline::{ExportConfig, ExportError, ExportPipeline, ExportStats};
 pub use select::{ExportFrame, RankBy, SelectionConfig, Series, SeriesSelector, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};

@@ -1,27 +1,48 @@
 //! One export: select series from the flow table, encode them once, hand them to every
 //! configured output. The agent calls [`ExportPipeline::export`] each interval and at shutdown.
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::file::{FileOutput, FileOutputError};
+use super::otlp::sender::OtlpSender;
+use super::otlp::settings::OtlpSettings;
+use super::otlp::transport::TransportError;
 use super::otlp::{encode, resource, Temporality};
 use super::{SelectionConfig, SeriesSelector};
 use crate::flows::FlowTable;
+
+/// How long shutdown waits for the last export to reach the collector.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportConfig {
     pub selection: SelectionConfig,
     pub temporality: Temporality,
+    pub interval: Duration,
     pub file_path: Option<PathBuf>,
+    pub otlp: Option<OtlpSettings>,
 }
 
-/// What one export sent, for logs and the agent's own metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    File(#[from] FileOutputError),
+    #[error(transparent)]
+    Otlp(#[from] TransportError),
+}
+
+/// What the outputs did, for logs and the agent's own metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExportReport {
+pub struct ExportStats {
     pub series: usize,
-    pub file_bytes: usize,
+    pub otlp_exports: u64,
+    pub otlp_failures: u64,
+    pub otlp_superseded: u64,
+    pub otlp_dropped: u64,
+    pub otlp_bytes: u64,
 }
 
 pub struct ExportPipeline {
@@ -29,34 +50,67 @@ pub struct ExportPipeline {
     resource: Resource,
     temporality: Temporality,
     file: Option<FileOutput>,
+    otlp: Option<OtlpSender>,
+    last_series: usize,
 }
 
 impl ExportPipeline {
-    /// Opens the outputs. `now` starts the overflow series.
-    pub fn new(config: &ExportConfig, now: SystemTime) -> Result<Self, FileOutputError> {
+    /// Opens the outputs. `now` starts the overflow series; `runtime` runs OTLP delivery.
+    pub fn new(config: &ExportConfig, now: SystemTime, runtime: &tokio::runtime::Handle) -> Result<Self, ExportError> {
         let file = config.file_path.as_deref().map(FileOutput::open).transpose()?;
+        let otlp = config
+            .otlp
+            .as_ref()
+            .map(|s| OtlpSender::spawn(s, config.temporality, runtime))
+            .transpose()?;
         Ok(Self {
             selector: SeriesSelector::new(config.selection, now),
             resource: (&resource::detect()).into(),
             temporality: config.temporality,
             file,
+            otlp,
+            last_series: 0,
         })
     }
 
     pub fn has_outputs(&self) -> bool {
-        self.file.is_some()
+        self.file.is_some() || self.otlp.is_some()
     }
 
-    pub fn export(&mut self, table: &FlowTable, now: SystemTime) -> Result<ExportReport, FileOutputError> {
+    /// Encodes one export and hands it to every output. OTLP delivery happens in the background.
+    pub fn export(&mut self, table: &FlowTable, now: SystemTime) -> Result<(), ExportError> {
         let frame = self.selector.select(table, now);
+        self.last_series = frame.series.len();
         let request = encode(&frame, &self.resource, self.temporality);
-        let mut report = ExportReport {
-            series: frame.series.len(),
+        if let Some(file) = &mut self.file {
+            file.write(&request)?;
+        }
+        if let Some(otlp) = &self.otlp {
+            otlp.submit(request);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> ExportStats {
+        let mut stats = ExportStats {
+            series: self.last_series,
             ..Default::default()
         };
-        if let Some(file) = &mut self.file {
-            report.file_bytes = file.write(&request)?;
+        if let Some(otlp) = &self.otlp {
+            let s = otlp.stats();
+            stats.otlp_exports = s.exports.load(Ordering::Relaxed);
+            stats.otlp_failures = s.failures.load(Ordering::Relaxed);
+            stats.otlp_superseded = s.superseded.load(Ordering::Relaxed);
+            stats.otlp_dropped = s.dropped.load(Ordering::Relaxed);
+            stats.otlp_bytes = s.bytes.load(Ordering::Relaxed);
         }
-        Ok(report)
+        stats
+    }
+
+    /// Waits (bounded) for queued OTLP requests to be delivered.
+    pub fn finish(self, runtime: &tokio::runtime::Handle) {
+        if let Some(otlp) = self.otlp {
+            otlp.finish(runtime, SHUTDOWN_DEADLINE);
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! describes this agent.
 pub mod encode;
 pub mod resource;
+pub mod sender;
 pub mod settings;
+pub mod transport;
 
 pub use encode::{encode, names, Temporality};

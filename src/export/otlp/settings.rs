@@ -79,14 +79,14 @@ pub enum SettingsError {
 }
 
 /// Reads `name` from the environment given as a lookup; empty values count as unset.
-fn var(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+fn var(env: impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
     env(name)
         .filter(|v| !v.trim().is_empty())
         .map(|v| (name.to_string(), v.trim().to_string()))
 }
 
-fn first(env: &impl Fn(&str) -> Option<String>, names: &[&str]) -> Option<(String, String)> {
-    names.iter().find_map(|n| var(env, n))
+fn first(env: impl Fn(&str) -> Option<String>, names: &[&str]) -> Option<(String, String)> {
+    names.iter().find_map(|n| var(&env, n))
 }
 
 fn parse_protocol(name: &str, value: &str) -> Result<Protocol, SettingsError> {

@@ -1,0 +1,279 @@
+//! OTLP export into a real collector: rotel (PyPI `rotel`, which ships `rotel-agent`) receives
+//! over gRPC and over HTTP/protobuf and prints every metric it gets; the test reads that back.
+//! rotel must be installed (`pip install rotel`, done by .ci/run): without it the test fails.
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
+
+fn rotel_agent() -> PathBuf {
+    if let Ok(path) = std::env::var("FLOWTEL_TEST_ROTEL") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "rotel is not installed: pip install rotel ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Kills the process when dropped, pass or fail.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A data point as rotel's debug log prints it.
+#[derive(Debug, Clone)]
+struct Point {
+    metric: String,
+    unit: String,
+    attributes: HashMap<String, String>,
+    value: Option<String>,
+}
+
+/// Parses rotel's `--debug-log-verbosity detailed` output (the OpenTelemetry Collector debug
+/// exporter layout) into data points, plus the resource attributes seen.
+fn parse(log: &str) -> (Vec<Point>, HashMap<String, String>) {
+    let mut points = Vec::new();
+    let mut resource = HashMap::new();
+    let (mut metric, mut unit) = (String::new(), String::new());
+    let mut current: Option<Point> = None;
+    let mut in_resource = false;
+    for line in log.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("Resource attributes:") {
+            in_resource = true;
+            continue;
+        }
+        if let Some(attr) = trimmed.strip_prefix("-> ") {
+            let Some((key, value)) = attr.split_once(": ") else {
+                continue;
+            };
+            if in_resource {
+                resource.insert(key.to_string(), value.to_string());
+            } else if key == "Name" {
+                metric = value.to_string();
+            } else if key == "Unit" {
+                unit = value.to_string();
+            } else if let Some(p) = current.as_mut() {
+                p.attributes.insert(key.to_string(), value.to_string());
+            }
+            continue;
+        }
+        in_resource = false;
+        if trimmed.starts_with("NumberDataPoints #") || trimmed.starts_with("ExponentialHistogramDataPoints #") {
+            points.extend(current.take());
+            current = Some(Point {
+                metric: metric.clone(),
+                unit: unit.clone(),
+                attributes: HashMap::new(),
+                value: None,
+            });
+        } else if let Some(v) = trimmed
+            .strip_prefix("Value: ")
+            .or_else(|| trimmed.strip_prefix("Count: "))
+        {
+            if let Some(p) = current.as_mut() {
+                p.value = Some(v.to_string());
+            }
+        }
+    }
+    points.extend(current);
+    (points, resource)
+}
+
+fn exchange_known_bytes() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 300];
+            c.read_exact(&mut buf).expect("read");
+            c.write_all(&[9u8; 7000]).expect("write");
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(&[1u8; 300]).expect("write");
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).expect("read");
+        assert_eq!(buf.len(), 7000);
+    });
+    port
+}
+
+fn export_through(protocol: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("rotel.log");
+    let (grpc, http) = (free_port(), free_port());
+    let _rotel = Reaped(
+        Command::new(rotel_agent())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&log_path).expect("log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    );
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{grpc}"),
+        _ => format!("http://127.0.0.1:{http}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let receiver_port = if protocol == "grpc" { grpc } else { http };
+    while TcpStream::connect(("127.0.0.1", receiver_port)).is_err() {
+        assert!(Instant::now() < deadline, "rotel never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut agent = Reaped(
+        Command::new(BIN)
+            .arg("run")
+            .env_remove("FLOWTEL_CONFIG")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+            .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flowtel run starts"),
+    );
+    let mut stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("sampler attached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "flowtel exited before attaching"
+        );
+    }
+    let port = exchange_known_bytes();
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.0.wait().expect("flowtel exits").success());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (points, resource) = parse(&std::fs::read_to_string(&log_path).expect("rotel log"));
+    assert_eq!(
+        resource.get("service.name").map(String::as_str),
+        Some("Str(flowtel)"),
+        "{resource:?}"
+    );
+    assert!(
+        resource.contains_key("host.name") && resource.contains_key("host.id"),
+        "{resource:?}"
+    );
+    let ours = |metric: &str, role: &str, extra: Option<(&str, &str)>| -> Vec<Point> {
+        points
+            .iter()
+            .filter(|p| {
+                p.metric == metric
+                    && p.attributes.get("server.port") == Some(&format!("Int({port})"))
+                    && p.attributes.get("network.tcp.handshake.role") == Some(&format!("Str({role})"))
+                    && extra.is_none_or(|(k, v)| p.attributes.get(k) == Some(&format!("Str({v})")))
+            })
+            .cloned()
+            .collect()
+    };
+    let last_value = |metric: &str, role: &str, extra: Option<(&str, &str)>| {
+        ours(metric, role, extra).last().and_then(|p| p.value.clone())
+    };
+    let transmit = Some(("network.io.direction", "transmit"));
+    let receive = Some(("network.io.direction", "receive"));
+    assert_eq!(
+        last_value("flowtel.tcp.bytes", "client", transmit).as_deref(),
+        Some("300"),
+        "{protocol}"
+    );
+    assert_eq!(
+        last_value("flowtel.tcp.bytes", "client", receive).as_deref(),
+        Some("7000"),
+        "{protocol}"
+    );
+    assert_eq!(
+        last_value("flowtel.tcp.bytes", "server", transmit).as_deref(),
+        Some("7000"),
+        "{protocol}"
+    );
+    assert_eq!(
+        last_value("flowtel.tcp.bytes", "server", receive).as_deref(),
+        Some("300"),
+        "{protocol}"
+    );
+    let bytes = ours("flowtel.tcp.bytes", "client", transmit);
+    assert_eq!(bytes[0].unit, "By");
+    for key in [
+        "network.transport",
+        "network.type",
+        "network.local.address",
+        "network.peer.address",
+    ] {
+        assert!(
+            bytes[0].attributes.contains_key(key),
+            "{key} on {:?}",
+            bytes[0].attributes
+        );
+    }
+    assert_eq!(
+        bytes[0].attributes.get("network.peer.address").map(String::as_str),
+        Some("Str(127.0.0.1)")
+    );
+    assert_eq!(
+        last_value(
+            "flowtel.tcp.connections",
+            "client",
+            Some(("flowtel.tcp.connection.outcome", "established"))
+        )
+        .as_deref(),
+        Some("1")
+    );
+    let rtt = ours("flowtel.tcp.rtt", "server", None);
+    assert!(!rtt.is_empty(), "RTT histogram exported");
+    assert_eq!(rtt[0].unit, "s");
+    assert!(
+        !ours("flowtel.tcp.connect.duration", "client", None).is_empty(),
+        "connect duration exported"
+    );
+}
+
+#[test]
+fn otlp_grpc_into_a_real_collector() {
+    export_through("grpc");
+}
+
+#[test]
+fn otlp_http_protobuf_into_a_real_collector() {
+    export_through("http/protobuf");
+}
