@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::export::otlp::settings::{resolve, resolve_interval, resolve_temporality, OtlpSection, SettingsError};
 use crate::export::otlp::Temporality;
+use crate::export::prometheus::PrometheusSection;
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
@@ -62,6 +63,8 @@ pub struct ExportSection {
     pub file_path: Option<PathBuf>,
     /// OTLP destination; OTEL_EXPORTER_OTLP_* variables override it.
     pub otlp: OtlpSection,
+    /// The opt-in Prometheus /metrics endpoint.
+    pub prometheus: PrometheusSection,
 }
 
 impl Default for ExportSection {
@@ -74,6 +77,7 @@ impl Default for ExportSection {
             temporality: Temporality::Cumulative,
             file_path: None,
             otlp: OtlpSection::default(),
+            prometheus: PrometheusSection::default(),
         }
     }
 }
@@ -238,6 +242,7 @@ impl Config {
             interval: resolve_interval(Duration::from_secs(self.export.interval_secs), &env).map_err(invalid)?,
             file_path: self.export.file_path.clone(),
             otlp: resolve(&self.export.otlp, &env).map_err(invalid)?,
+            prometheus: self.export.prometheus.enabled.then(|| self.export.prometheus.clone()),
         })
     }
 

@@ -11,6 +11,7 @@ use super::otlp::sender::OtlpSender;
 use super::otlp::settings::OtlpSettings;
 use super::otlp::transport::TransportError;
 use super::otlp::{encode, resource, Temporality};
+use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
 use crate::flows::FlowTable;
 
@@ -24,6 +25,7 @@ pub struct ExportConfig {
     pub interval: Duration,
     pub file_path: Option<PathBuf>,
     pub otlp: Option<OtlpSettings>,
+    pub prometheus: Option<PrometheusSection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ pub enum ExportError {
     File(#[from] FileOutputError),
     #[error(transparent)]
     Otlp(#[from] TransportError),
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
 }
 
 /// What the outputs did, for logs and the agent's own metrics.
@@ -51,6 +55,7 @@ pub struct ExportPipeline {
     temporality: Temporality,
     file: Option<FileOutput>,
     otlp: Option<OtlpSender>,
+    prometheus: Option<PrometheusOutput>,
     last_series: usize,
 }
 
@@ -63,24 +68,33 @@ impl ExportPipeline {
             .as_ref()
             .map(|s| OtlpSender::spawn(s, config.temporality, runtime))
             .transpose()?;
+        let prometheus = config
+            .prometheus
+            .as_ref()
+            .map(|p| PrometheusOutput::start(p, runtime))
+            .transpose()?;
         Ok(Self {
             selector: SeriesSelector::new(config.selection, now),
             resource: (&resource::detect()).into(),
             temporality: config.temporality,
             file,
             otlp,
+            prometheus,
             last_series: 0,
         })
     }
 
     pub fn has_outputs(&self) -> bool {
-        self.file.is_some() || self.otlp.is_some()
+        self.file.is_some() || self.otlp.is_some() || self.prometheus.is_some()
     }
 
     /// Encodes one export and hands it to every output. OTLP delivery happens in the background.
     pub fn export(&mut self, table: &FlowTable, now: SystemTime) -> Result<(), ExportError> {
         let frame = self.selector.select(table, now);
         self.last_series = frame.series.len();
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.update(&frame);
+        }
         let request = encode(&frame, &self.resource, self.temporality);
         if let Some(file) = &mut self.file {
             file.write(&request)?;

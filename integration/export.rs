@@ -1,6 +1,7 @@
-//! OTLP export into a real collector: rotel (PyPI `rotel`, which ships `rotel-agent`) receives
+//! Export into real receivers. OTLP: rotel (PyPI `rotel`, which ships `rotel-agent`) receives
 //! over gRPC and over HTTP/protobuf and prints every metric it gets; the test reads that back.
-//! rotel must be installed (`pip install rotel`, done by .ci/run): without it the test fails.
+//! Prometheus: Debian's `prometheus` scrapes /metrics and answers a PromQL query.
+//! Both must be installed (.ci/run does it): without them the tests fail.
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -157,8 +158,20 @@ fn export_through(protocol: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // the configuration file points elsewhere: the standard variables must win over it
+    let config = dir.path().join("flowtel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[export]\ninterval_secs = 60\n[export.otlp]\nendpoint = \"http://127.0.0.1:{}\"\nprotocol = \"grpc\"\n",
+            free_port()
+        ),
+    )
+    .expect("config file");
     let mut agent = Reaped(
         Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
             .arg("run")
             .env_remove("FLOWTEL_CONFIG")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
@@ -276,4 +289,83 @@ fn otlp_grpc_into_a_real_collector() {
 #[test]
 fn otlp_http_protobuf_into_a_real_collector() {
     export_through("http/protobuf");
+}
+
+fn http_get(port: u16, path_and_query: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn prometheus_scrapes_the_measured_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (metrics_port, web_port) = (free_port(), free_port());
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flowtel\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .expect("prometheus config");
+    let _prometheus = Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (apt-get install prometheus)"),
+    );
+    let mut agent = Reaped(
+        Command::new(BIN)
+            .arg("run")
+            .env_remove("FLOWTEL_CONFIG")
+            .env("FLOWTEL_EXPORT__PROMETHEUS__ENABLED", "true")
+            .env(
+                "FLOWTEL_EXPORT__PROMETHEUS__LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("FLOWTEL_EXPORT__INTERVAL_SECS", "1")
+            .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flowtel run starts"),
+    );
+    let mut stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("sampler attached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "flowtel exited before attaching"
+        );
+    }
+    let port = exchange_known_bytes();
+    let query = format!(
+        "flowtel_tcp_bytes_total{{server_port=\"{port}\",network_tcp_handshake_role=\"client\",network_io_direction=\"receive\"}}"
+    );
+    let url = format!(
+        "/api/v1/query?query={}",
+        percent_encoding::utf8_percent_encode(&query, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        let found = http_get(web_port, &url)
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|json| json["data"]["result"][0]["value"][1].as_str().map(str::to_string));
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never returned {query}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(value, "7000", "PromQL {query}");
+    let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
+    assert!(page.contains("# TYPE flowtel_tcp_rtt_seconds histogram"), "{page}");
 }
