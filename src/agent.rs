@@ -6,8 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
 use crate::monitor::Monitor;
+use crate::process_stats;
 use crate::report::Snapshot;
 
 /// How often a sleeping poll loop checks for shutdown.
@@ -41,7 +43,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let export_config = config.export_config(|name| std::env::var(name).ok())?;
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
-    let mut exporter = ExportPipeline::new(&export_config, SystemTime::now(), runtime)?;
+    let started = SystemTime::now();
+    let mut exporter = ExportPipeline::new(&export_config, started, runtime)?;
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
     let export_every = export_config.interval;
     let mut last_summary = Instant::now();
@@ -60,14 +63,14 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
             last_summary = now;
         }
         if exporter.has_outputs() && now.duration_since(last_export) >= export_every {
-            export(&mut exporter, &monitor);
+            export(&mut exporter, &mut monitor, started);
             last_export = now;
         }
     }
     // final export: what was counted since the last one is not lost at shutdown
     if exporter.has_outputs() {
         match monitor.poll(Instant::now()) {
-            Ok(()) => export(&mut exporter, &monitor),
+            Ok(()) => export(&mut exporter, &mut monitor, started),
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "final poll failed"),
         }
     }
@@ -75,10 +78,36 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
     Ok(())
 }
 
-fn export(exporter: &mut ExportPipeline, monitor: &Monitor) {
-    match exporter.export(monitor.table(), SystemTime::now()) {
+fn export(exporter: &mut ExportPipeline, monitor: &mut Monitor, started: SystemTime) {
+    let agent = agent_metrics(monitor, started);
+    monitor.reset_peak();
+    match exporter.export(monitor.table(), &agent, SystemTime::now()) {
         Ok(()) => tracing::debug!(series = exporter.stats().series, "exported"),
         Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "export failed"),
+    }
+}
+
+/// The agent's own figures for the export.
+fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
+    let stats = monitor.stats();
+    let c = &stats.counters;
+    let process = process_stats::read().unwrap_or_default();
+    AgentMetrics {
+        started: Some(started),
+        flow_pairs: stats.table.pairs as u64,
+        pair_map_entries: stats.pair_map_peak_entries as u64,
+        pair_map_capacity: u64::from(stats.pair_map_capacity),
+        dropped: vec![
+            ("pair_map_full", c.pair_map_full),
+            ("sock_storage_failed", c.sock_storage_failed),
+            ("listener_map_full", c.listener_map_full),
+            ("flow_table_full", stats.table.overflowed_deltas),
+            ("undecodable_pair", c.undecodable_pairs),
+        ],
+        export_failures: 0,
+        cpu_user_seconds: process.cpu_user_seconds,
+        cpu_system_seconds: process.cpu_system_seconds,
+        rss_bytes: process.rss_bytes,
     }
 }
 

@@ -9,5 +9,6 @@ pub mod config;
 pub mod export;
 pub mod flows;
 pub mod monitor;
+pub mod process_stats;
 pub mod report;
 pub mod sampler;

@@ -58,6 +58,11 @@ impl Monitor {
         Ok(())
     }
 
+    /// Starts a new window for `pair_map_peak_entries` (each export reports its own peak).
+    pub fn reset_peak(&mut self) {
+        self.stats.pair_map_peak_entries = 0;
+    }
+
     pub fn table(&self) -> &FlowTable {
         &self.table
     }

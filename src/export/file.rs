@@ -117,8 +117,13 @@ mod tests {
             }],
         };
         let requests = [
-            encode(&frame, &Default::default(), Temporality::Cumulative),
-            encode(&frame, &Default::default(), Temporality::Delta),
+            encode(
+                &frame,
+                &Default::default(),
+                &Default::default(),
+                Temporality::Cumulative,
+            ),
+            encode(&frame, &Default::default(), &Default::default(), Temporality::Delta),
         ];
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("metrics.jsonl");

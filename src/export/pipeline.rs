@@ -10,7 +10,7 @@ use super::file::{FileOutput, FileOutputError};
 use super::otlp::sender::OtlpSender;
 use super::otlp::settings::OtlpSettings;
 use super::otlp::transport::TransportError;
-use super::otlp::{encode, resource, Temporality};
+use super::otlp::{encode, resource, AgentMetrics, Temporality};
 use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
 use crate::flows::FlowTable;
@@ -89,13 +89,19 @@ impl ExportPipeline {
     }
 
     /// Encodes one export and hands it to every output. OTLP delivery happens in the background.
-    pub fn export(&mut self, table: &FlowTable, now: SystemTime) -> Result<(), ExportError> {
+    /// `agent` carries the agent's own figures; the pipeline adds its export counters.
+    pub fn export(&mut self, table: &FlowTable, agent: &AgentMetrics, now: SystemTime) -> Result<(), ExportError> {
         let frame = self.selector.select(table, now);
         self.last_series = frame.series.len();
         if let Some(prometheus) = &self.prometheus {
             prometheus.update(&frame);
         }
-        let request = encode(&frame, &self.resource, self.temporality);
+        let stats = self.stats();
+        let mut agent = agent.clone();
+        agent.export_failures = stats.otlp_failures;
+        agent.dropped.push(("export_superseded", stats.otlp_superseded));
+        agent.dropped.push(("export_undelivered", stats.otlp_dropped));
+        let request = encode(&frame, &agent, &self.resource, self.temporality);
         if let Some(file) = &mut self.file {
             file.write(&request)?;
         }

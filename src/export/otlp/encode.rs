@@ -41,6 +41,33 @@ pub mod names {
     pub const OUTCOME: &str = "flowtel.tcp.connection.outcome";
     pub const ERROR_TYPE: &str = "error.type";
     pub const OVERFLOW: &str = "flowtel.flow.overflow";
+
+    pub const AGENT_FLOW_PAIRS: &str = "flowtel.agent.flow_pairs";
+    pub const AGENT_PAIR_MAP_ENTRIES: &str = "flowtel.agent.pair_map.entries";
+    pub const AGENT_PAIR_MAP_CAPACITY: &str = "flowtel.agent.pair_map.capacity";
+    pub const AGENT_DROPPED: &str = "flowtel.agent.dropped";
+    pub const AGENT_EXPORT_FAILURES: &str = "flowtel.agent.export.failures";
+    pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
+    pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
+    pub const DROP_REASON: &str = "flowtel.drop.reason";
+    pub const CPU_MODE: &str = "cpu.mode";
+}
+
+/// The agent's own figures, exported with every request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentMetrics {
+    /// When the agent started: the start of its cumulative counters.
+    pub started: Option<SystemTime>,
+    pub flow_pairs: u64,
+    /// Most entries the kernel pair map held in one poll since the last export.
+    pub pair_map_entries: u64,
+    pub pair_map_capacity: u64,
+    /// Events that lost detail or data, cumulative, by reason.
+    pub dropped: Vec<(&'static str, u64)>,
+    pub export_failures: u64,
+    pub cpu_user_seconds: f64,
+    pub cpu_system_seconds: f64,
+    pub rss_bytes: u64,
 }
 
 /// How sums and histograms report over time.
@@ -171,7 +198,12 @@ fn histogram_metric(
 }
 
 /// One request with every metric of the frame.
-pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality) -> ExportMetricsServiceRequest {
+pub fn encode(
+    frame: &ExportFrame,
+    agent: &AgentMetrics,
+    resource: &Resource,
+    temporality: Temporality,
+) -> ExportMetricsServiceRequest {
     let time = unix_nanos(frame.time);
     let temporality_code = match temporality {
         Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
@@ -246,7 +278,7 @@ pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality
         connect.extend(histogram(p, &v.connect_duration));
     }
 
-    let metrics = vec![
+    let mut metrics = vec![
         sum_metric(
             names::BYTES,
             "By",
@@ -302,6 +334,7 @@ pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality
             ..Default::default()
         },
     ];
+    metrics.extend(agent_metrics(agent, time));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
@@ -317,6 +350,91 @@ pub fn encode(frame: &ExportFrame, resource: &Resource, temporality: Temporality
             schema_url: String::new(),
         }],
     }
+}
+
+/// Agent metrics are always cumulative: they describe the agent, not an interval of flows.
+fn agent_metrics(agent: &AgentMetrics, time: u64) -> Vec<Metric> {
+    let start = agent.started.map_or(0, unix_nanos);
+    let point = |attributes: Vec<KeyValue>, value: number_data_point::Value, start: u64| NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        value: Some(value),
+        ..Default::default()
+    };
+    let int = |v: u64| number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX));
+    let gauge = |name: &str, unit: &str, description: &str, value: u64| Metric {
+        name: name.to_string(),
+        description: description.to_string(),
+        unit: unit.to_string(),
+        data: Some(metric::Data::Gauge(Gauge {
+            data_points: vec![point(vec![], int(value), 0)],
+        })),
+        ..Default::default()
+    };
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    vec![
+        gauge(
+            names::AGENT_FLOW_PAIRS,
+            "{pair}",
+            "Flow pairs held in memory",
+            agent.flow_pairs,
+        ),
+        gauge(
+            names::AGENT_PAIR_MAP_ENTRIES,
+            "{entry}",
+            "Most kernel pair-map entries used in one poll",
+            agent.pair_map_entries,
+        ),
+        gauge(
+            names::AGENT_PAIR_MAP_CAPACITY,
+            "{entry}",
+            "Kernel pair-map capacity per poll",
+            agent.pair_map_capacity,
+        ),
+        sum_metric(
+            names::AGENT_DROPPED,
+            "{event}",
+            "Events that lost detail or data, by reason",
+            cumulative,
+            agent
+                .dropped
+                .iter()
+                .map(|(reason, n)| point(vec![kv_str(names::DROP_REASON, *reason)], int(*n), start))
+                .collect(),
+        ),
+        sum_metric(
+            names::AGENT_EXPORT_FAILURES,
+            "{export}",
+            "OTLP export attempts that failed",
+            cumulative,
+            vec![point(vec![], int(agent.export_failures), start)],
+        ),
+        sum_metric(
+            names::PROCESS_CPU_TIME,
+            "s",
+            "CPU time of the agent",
+            cumulative,
+            vec![
+                point(
+                    vec![kv_str(names::CPU_MODE, "user")],
+                    number_data_point::Value::AsDouble(agent.cpu_user_seconds),
+                    start,
+                ),
+                point(
+                    vec![kv_str(names::CPU_MODE, "system")],
+                    number_data_point::Value::AsDouble(agent.cpu_system_seconds),
+                    start,
+                ),
+            ],
+        ),
+        gauge(
+            names::PROCESS_MEMORY_USAGE,
+            "By",
+            "Resident memory of the agent",
+            agent.rss_bytes,
+        ),
+    ]
 }
 
 fn has_points(m: &Metric) -> bool {
@@ -420,7 +538,12 @@ mod tests {
 
     #[test]
     fn names_units_and_flow_pair_attributes() {
-        let req = encode(&frame(), &Resource::default(), Temporality::Cumulative);
+        let req = encode(
+            &frame(),
+            &AgentMetrics::default(),
+            &Resource::default(),
+            Temporality::Cumulative,
+        );
         let bytes = metric(&req, names::BYTES);
         assert_eq!(bytes.unit, "By");
         let points = sums(bytes);
@@ -511,7 +634,12 @@ mod tests {
 
     #[test]
     fn rtt_is_an_exact_base2_exponential_histogram_in_seconds() {
-        let req = encode(&frame(), &Resource::default(), Temporality::Cumulative);
+        let req = encode(
+            &frame(),
+            &AgentMetrics::default(),
+            &Resource::default(),
+            Temporality::Cumulative,
+        );
         let rtt = metric(&req, names::RTT);
         assert_eq!(rtt.unit, "s");
         let Some(metric::Data::ExponentialHistogram(h)) = &rtt.data else {
@@ -537,12 +665,68 @@ mod tests {
             bytes_sent: 7,
             ..Default::default()
         };
-        let req = encode(&f, &Resource::default(), Temporality::Delta);
+        let req = encode(&f, &AgentMetrics::default(), &Resource::default(), Temporality::Delta);
         let Some(metric::Data::Sum(bytes)) = &metric(&req, names::BYTES).data else {
             panic!("sum")
         };
         assert_eq!(bytes.aggregation_temporality, AggregationTemporality::Delta as i32);
         assert_eq!(int(&bytes.data_points[0]), 7);
         assert_eq!(bytes.data_points[0].start_time_unix_nano, 1_700_000_030_000_000_000);
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn agent_metrics_ride_along() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let frame = ExportFrame {
+            previous_time: t0,
+            time: t0 + Duration::from_secs(30),
+            series: vec![],
+        };
+        let agent = AgentMetrics {
+            started: Some(t0),
+            flow_pairs: 12,
+            pair_map_entries: 40,
+            pair_map_capacity: 8192,
+            dropped: vec![("pair_map_full", 3)],
+            export_failures: 2,
+            cpu_user_seconds: 1.5,
+            cpu_system_seconds: 0.25,
+            rss_bytes: 9_000_000,
+        };
+        let req = encode(&frame, &agent, &Resource::default(), Temporality::Delta);
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let find = |name: &str| {
+            metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let Some(metric::Data::Sum(dropped)) = &find(names::AGENT_DROPPED).data else {
+            panic!("sum")
+        };
+        assert_eq!(
+            dropped.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32,
+            "agent counters stay cumulative"
+        );
+        assert_eq!(dropped.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
+        assert_eq!(dropped.data_points[0].start_time_unix_nano, 1_700_000_000_000_000_000);
+        let Some(metric::Data::Sum(cpu)) = &find(names::PROCESS_CPU_TIME).data else {
+            panic!("sum")
+        };
+        assert_eq!(cpu.data_points[0].value, Some(number_data_point::Value::AsDouble(1.5)));
+        assert_eq!(find(names::PROCESS_MEMORY_USAGE).unit, "By");
+        let Some(metric::Data::Gauge(pairs)) = &find(names::AGENT_FLOW_PAIRS).data else {
+            panic!("gauge")
+        };
+        assert_eq!(pairs.data_points[0].value, Some(number_data_point::Value::AsInt(12)));
+        assert!(metrics.iter().any(|m| m.name == names::AGENT_EXPORT_FAILURES));
     }
 }
