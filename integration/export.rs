@@ -369,3 +369,179 @@ fn prometheus_scrapes_the_measured_bytes() {
     let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
     assert!(page.contains("# TYPE flowtel_tcp_rtt_seconds histogram"), "{page}");
 }
+
+/// Starts `flowtel run` with `envs`, waits until it is attached, and collects its log lines.
+fn start_agent(envs: &[(&str, String)]) -> (Reaped, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .env_remove("FLOWTEL_CONFIG")
+        .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut agent = Reaped(cmd.stderr(Stdio::piped()).spawn().expect("flowtel run starts"));
+    let stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("sampler attached") {
+                let _ = tx.send(());
+            }
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("flowtel attached");
+    (agent, lines)
+}
+
+fn stop(agent: &mut Reaped) {
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.0.wait().expect("flowtel exits").success());
+}
+
+#[test]
+fn collector_outage_is_logged_per_backoff_step_and_export_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut agent, lines) = start_agent(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
+    ]);
+    std::thread::sleep(Duration::from_secs(5));
+    let failures = |lines: &[String]| lines.iter().filter(|l| l.contains("OTLP export failed")).count();
+    let during = failures(&lines.lock().unwrap_or_else(|e| e.into_inner()));
+    assert!(
+        (1..=4).contains(&during),
+        "one line per backoff step (1 s, 2 s, ...), not per export: {during}"
+    );
+    assert!(agent.0.try_wait().expect("status").is_none(), "still sampling");
+
+    let log_path = dir.path().join("rotel.log");
+    let _rotel = Reaped(
+        Command::new(rotel_agent())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&log_path).expect("log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("flowtel.tcp.bytes")
+    {
+        assert!(Instant::now() < deadline, "export never resumed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop(&mut agent);
+    let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        lines.iter().any(|l| l.contains("OTLP export resumed")),
+        "resumption logged"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(&format!("127.0.0.1:{port}"))),
+        "the endpoint is named"
+    );
+}
+
+#[test]
+fn top_5_of_50_peers_stays_bounded_exact_and_monotonic() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("metrics.jsonl");
+    let (mut agent, _lines) = start_agent(&[
+        ("FLOWTEL_EXPORT__FILE_PATH", path.display().to_string()),
+        ("FLOWTEL_EXPORT__INTERVAL_SECS", "1".into()),
+        ("FLOWTEL_EXPORT__TOP_K", "5".into()),
+    ]);
+    let listeners: Vec<TcpListener> = (0..50)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let mut generated = 0u64;
+    for round in 0..4u64 {
+        std::thread::scope(|s| {
+            for (i, l) in listeners.iter().enumerate() {
+                let size = 100 + ((i as u64 * 7919 + round * 104_729) % 5000) as usize;
+                s.spawn(move || {
+                    let (mut c, _) = l.accept().expect("accept");
+                    c.write_all(&vec![1u8; size]).expect("write");
+                });
+                let mut c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+                let mut buf = Vec::new();
+                c.read_to_end(&mut buf).expect("read");
+                assert_eq!(buf.len(), size);
+                generated += 2 * size as u64; // counted at the client and at the server end
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    stop(&mut agent);
+
+    let text = std::fs::read_to_string(&path).expect("metrics file");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut final_sum = 0;
+    let mut exports = 0;
+    for line in text.lines() {
+        exports += 1;
+        let request: ExportMetricsServiceRequest = serde_json::from_str(line).expect("OTLP JSON decodes");
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(bytes) = metrics.iter().find(|m| m.name == "flowtel.tcp.bytes") else {
+            continue;
+        };
+        let Some(metric::Data::Sum(sum)) = &bytes.data else {
+            panic!("bytes is a sum")
+        };
+        let mut pairs = std::collections::HashSet::new();
+        let mut total = 0;
+        for p in &sum.data_points {
+            let mut attrs: Vec<String> = p
+                .attributes
+                .iter()
+                .map(|a| format!("{}={:?}", a.key, a.value))
+                .collect();
+            attrs.sort();
+            let overflow = attrs.iter().any(|a| a.starts_with("flowtel.flow.overflow="));
+            if !overflow {
+                pairs.insert(
+                    attrs
+                        .iter()
+                        .filter(|a| !a.starts_with("network.io.direction="))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                panic!("int value")
+            };
+            total += v;
+            let id = format!("{attrs:?}@{}", p.start_time_unix_nano);
+            if let Some(before) = last.insert(id.clone(), v) {
+                assert!(v >= before, "cumulative series {id} went from {before} to {v}");
+            }
+        }
+        assert!(pairs.len() <= 5, "at most K=5 pair series, got {}", pairs.len());
+        assert!(total >= final_sum, "the sum over all series never shrinks");
+        final_sum = total;
+    }
+    assert!(exports >= 4, "one export per second");
+    assert!(
+        final_sum >= generated as i64,
+        "every byte generated is in some series: {final_sum} < {generated}"
+    );
+}

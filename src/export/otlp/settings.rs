@@ -37,7 +37,7 @@ pub struct OtlpSection {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Milliseconds an export may take (default 10000).
     pub timeout_ms: Option<u64>,
-        /// "gzip" (default) or "none".
+    /// "gzip" (default) or "none".
     pub compression: Option<String>,
     /// PEM file of a CA to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
@@ -208,7 +208,7 @@ pub fn resolve(
     ) {
         Some((name, value)) => parse_gzip(&name, &value)?,
         None => match section.compression.as_deref() {
-                        Some(value) => parse_gzip("export.otlp.compression", value)?,
+            Some(value) => parse_gzip("export.otlp.compression", value)?,
             // gzip by default, unlike the SDKs: a 1000-pair export is 2.6 MB plain, 50 KB gzipped
             None => true,
         },
@@ -301,7 +301,7 @@ mod tests {
         .expect("on");
         assert_eq!(s.url, "http://collector:4317");
         assert_eq!(s.protocol, Protocol::Grpc);
-                assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.timeout, Duration::from_secs(10));
         assert!(s.gzip, "gzip unless told otherwise");
     }
 
