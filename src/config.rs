@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::export::otlp::settings::{resolve, resolve_interval, resolve_temporality, OtlpSection, SettingsError};
 use crate::export::otlp::Temporality;
 use crate::export::prometheus::PrometheusSection;
+use crate::export::select::{DEFAULT_FAILURE_WEIGHT, DEFAULT_RETRANSMIT_WEIGHT, DEFAULT_TIMEOUT_WEIGHT};
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
@@ -57,6 +58,10 @@ pub struct ExportSection {
     /// What ranks pairs for the top K: "loss" (weighted retransmits, timeouts, failures; then
     /// bytes) or "bytes".
     pub rank_by: RankBy,
+    /// Weights of the loss score: per retransmitted segment, per timeout, per failed connect.
+    pub retransmit_weight: u64,
+    pub timeout_weight: u64,
+    pub failure_weight: u64,
     /// "cumulative" or "delta".
     pub temporality: Temporality,
     /// Append OTLP JSON lines to this file; unset: no file output.
@@ -74,6 +79,9 @@ impl Default for ExportSection {
             top_k: DEFAULT_TOP_K,
             stale_after_secs: DEFAULT_STALE_AFTER.as_secs(),
             rank_by: RankBy::Loss,
+            retransmit_weight: DEFAULT_RETRANSMIT_WEIGHT,
+            timeout_weight: DEFAULT_TIMEOUT_WEIGHT,
+            failure_weight: DEFAULT_FAILURE_WEIGHT,
             temporality: Temporality::Cumulative,
             file_path: None,
             otlp: OtlpSection::default(),
@@ -228,7 +236,9 @@ impl Config {
             top_k: self.export.top_k,
             stale_after: Duration::from_secs(self.export.stale_after_secs),
             rank_by: self.export.rank_by,
-            ..Default::default()
+            retransmit_weight: self.export.retransmit_weight,
+            timeout_weight: self.export.timeout_weight,
+            failure_weight: self.export.failure_weight,
         }
     }
 
