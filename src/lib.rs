@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod flows;
+pub mod health;
 pub mod monitor;
 pub mod process_stats;
 pub mod report;

@@ -1,0 +1,307 @@
+//! Network health per flow group, from the flows' own history: retransmission ratio, RTO
+//! timeouts, RTT against a learned baseline, and connect failures.
+//!
+//! Pure: the table and the evaluation time come in; findings and transitions go out. It never
+//! logs or exports itself.
+//!
+//! The algorithm, every threshold and how to tune it are in the README ("Network health").
+mod baseline;
+mod rules;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+pub use rules::{HealthThresholds, Reason};
+
+use crate::flows::{FlowCounters, FlowKey, FlowTable, Log2Histogram};
+use baseline::Baseline;
+
+/// The set of flows a health status describes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupId {
+    /// Every flow in scope.
+    Host,
+    /// The remote side of a set of flow pairs: peer address and service port.
+    Peer { address: IpAddr, port: u16 },
+}
+
+impl GroupId {
+    pub fn scope(&self) -> &'static str {
+        match self {
+            GroupId::Host => "host",
+            GroupId::Peer { .. } => "peer",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupId::Host => write!(f, "host"),
+            GroupId::Peer { address, port } => match address {
+                IpAddr::V6(a) => write!(f, "[{a}]:{port}"),
+                IpAddr::V4(a) => write!(f, "{a}:{port}"),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not enough data to say.
+    Unknown,
+    Healthy,
+    Degraded,
+}
+
+/// Where the trouble most likely sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    /// Most active peer groups degraded together: this host's side.
+    Host,
+    /// Only some did: those peers or the path to them.
+    Peer,
+    /// Too few active peer groups to tell.
+    Unknown,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Host => "host",
+            Attribution::Peer => "peer",
+            Attribution::Unknown => "unknown",
+        }
+    }
+}
+
+/// One group's figures for one evaluation interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IntervalStats {
+    pub segs_sent: u64,
+    pub retrans: u64,
+    pub timeouts: u64,
+    pub rtt: Log2Histogram,
+    pub established: u64,
+    pub failed: u64,
+}
+
+impl IntervalStats {
+    fn add(&mut self, d: &FlowCounters) {
+        self.segs_sent += d.segs_sent;
+        self.retrans += d.retrans_total();
+        self.timeouts += d.rto_total();
+        self.rtt.add(&d.rtt);
+        self.established += d.conn_established;
+        self.failed += d.failed_total();
+    }
+}
+
+/// One group's verdict after an evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupHealth {
+    pub group: GroupId,
+    pub status: Status,
+    /// Why it is degraded (empty otherwise).
+    pub reasons: Vec<Reason>,
+    pub attribution: Attribution,
+    /// Interval RTT p50 over its baseline, where both are known.
+    pub rtt_ratio: Option<f64>,
+    /// Retransmitted / data segments sent in the interval, where enough segments were sent.
+    pub retransmit_ratio: Option<f64>,
+    pub timeouts: u64,
+    pub connect_failure_ratio: Option<f64>,
+}
+
+/// A status change, to be logged once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: Status,
+    pub to: Status,
+    pub health: GroupHealth,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    status: Status,
+    bad_streak: u32,
+    good_streak: u32,
+    retrans: Baseline,
+    rtt_p50: Baseline,
+    last_reasons: Vec<Reason>,
+}
+
+impl GroupState {
+    fn new(window: usize) -> Self {
+        Self {
+            status: Status::Unknown,
+            bad_streak: 0,
+            good_streak: 0,
+            retrans: Baseline::new(window),
+            rtt_p50: Baseline::new(window),
+            last_reasons: Vec::new(),
+        }
+    }
+}
+
+/// Evaluates health each interval and remembers baselines and hysteresis per group.
+#[derive(Debug)]
+pub struct HealthEvaluator {
+    thresholds: HealthThresholds,
+    groups: HashMap<GroupId, GroupState>,
+    previous: HashMap<FlowKey, FlowCounters>,
+    /// Peer groups beyond `max_groups` are not tracked (counted here).
+    pub untracked_groups: u64,
+}
+
+impl HealthEvaluator {
+    pub fn new(thresholds: HealthThresholds) -> Self {
+        Self {
+            thresholds,
+            groups: HashMap::new(),
+            previous: HashMap::new(),
+            untracked_groups: 0,
+        }
+    }
+
+    /// One evaluation over the pairs of `table` that `in_scope` accepts, using what they
+    /// counted since the previous evaluation.
+    pub fn evaluate(
+        &mut self,
+        table: &FlowTable,
+        in_scope: impl Fn(&FlowKey) -> bool,
+    ) -> (Vec<GroupHealth>, Vec<Transition>) {
+        let mut stats: HashMap<GroupId, IntervalStats> = HashMap::new();
+        let mut next_previous = HashMap::new();
+        for pair in table.pairs() {
+            if !in_scope(&pair.key) {
+                continue;
+            }
+            let delta = pair
+                .counters
+                .saturating_sub(&self.previous.get(&pair.key).cloned().unwrap_or_default());
+            next_previous.insert(pair.key, pair.counters.clone());
+            if !delta.has_activity() {
+                continue;
+            }
+            stats.entry(GroupId::Host).or_default().add(&delta);
+            stats
+                .entry(GroupId::Peer {
+                    address: pair.key.remote,
+                    port: pair.key.service_port,
+                })
+                .or_default()
+                .add(&delta);
+        }
+        self.previous = next_previous;
+        self.apply(stats)
+    }
+
+    /// The rules over one interval's per-group figures (separate from `evaluate` for tests).
+    pub fn apply(&mut self, stats: HashMap<GroupId, IntervalStats>) -> (Vec<GroupHealth>, Vec<Transition>) {
+        let t = self.thresholds;
+        let mut findings = Vec::new();
+        let mut transitions = Vec::new();
+        let mut ids: Vec<&GroupId> = self.groups.keys().chain(stats.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        let ids: Vec<GroupId> = ids.into_iter().cloned().collect();
+        for id in ids {
+            if !self.groups.contains_key(&id) {
+                if self.groups.len() >= t.max_groups {
+                    self.untracked_groups += 1;
+                    continue;
+                }
+                self.groups.insert(id.clone(), GroupState::new(t.baseline_window));
+            }
+            let Some(state) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let interval = stats.get(&id).cloned().unwrap_or_default();
+            let verdict = rules::judge(&t, &interval, &state.retrans, &state.rtt_p50);
+            let before = state.status;
+            match verdict.bad {
+                None => {
+                    // quiet: nothing to judge; a long silence forgets the status
+                    state.good_streak = 0;
+                    state.bad_streak = 0;
+                    state.status = Status::Unknown;
+                }
+                Some(true) => {
+                    state.bad_streak += 1;
+                    state.good_streak = 0;
+                    state.last_reasons.clone_from(&verdict.reasons);
+                    if state.bad_streak >= t.enter_intervals {
+                        state.status = Status::Degraded;
+                    } else if state.status == Status::Unknown {
+                        state.status = Status::Healthy;
+                    }
+                }
+                Some(false) => {
+                    state.good_streak += 1;
+                    state.bad_streak = 0;
+                    // baselines learn from healthy intervals only
+                    if state.status != Status::Degraded {
+                        if let Some(r) = verdict.retransmit_ratio {
+                            state.retrans.push(r);
+                        }
+                        if let Some(p50) = verdict.rtt_p50 {
+                            state.rtt_p50.push(p50);
+                        }
+                    }
+                    if state.status != Status::Degraded || state.good_streak >= t.exit_intervals {
+                        state.status = Status::Healthy;
+                    }
+                }
+            }
+            let reasons = if state.status == Status::Degraded {
+                state.last_reasons.clone()
+            } else {
+                Vec::new()
+            };
+            let health = GroupHealth {
+                group: id.clone(),
+                status: state.status,
+                reasons,
+                attribution: Attribution::Unknown,
+                rtt_ratio: verdict.rtt_ratio,
+                retransmit_ratio: verdict.retransmit_ratio,
+                timeouts: interval.timeouts,
+                connect_failure_ratio: verdict.failure_ratio,
+            };
+            if before != state.status {
+                transitions.push(Transition {
+                    from: before,
+                    to: state.status,
+                    health: health.clone(),
+                });
+            }
+            findings.push(health);
+        }
+        let attribution = attribute(&findings, t.min_groups_for_attribution);
+        for h in findings.iter_mut().chain(transitions.iter_mut().map(|t| &mut t.health)) {
+            h.attribution = attribution;
+        }
+        (findings, transitions)
+    }
+}
+
+/// Host when most active peer groups are degraded, peer when only some are, unknown with too
+/// few active peer groups to tell (or nothing degraded).
+fn attribute(findings: &[GroupHealth], min_groups: usize) -> Attribution {
+    let peers: Vec<&GroupHealth> = findings
+        .iter()
+        .filter(|h| matches!(h.group, GroupId::Peer { .. }) && h.status != Status::Unknown)
+        .collect();
+    let degraded = peers.iter().filter(|h| h.status == Status::Degraded).count();
+    if degraded == 0 || peers.len() < min_groups {
+        Attribution::Unknown
+    } else if degraded * 2 > peers.len() {
+        Attribution::Host
+    } else {
+        Attribution::Peer
+    }
+}
+
+#[cfg(test)]
+mod tests;

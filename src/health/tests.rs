@@ -1,0 +1,225 @@
+//! Synthetic interval series against the rules.
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+
+fn peer(last: u8) -> GroupId {
+    GroupId::Peer {
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
+        port: 443,
+    }
+}
+
+/// One interval: `segs` data segments with `loss` of them retransmitted, RTT samples around
+/// `rtt_ms`, a few clean connects.
+fn interval(segs: u64, loss: f64, rtt_ms: f64, timeouts: u64) -> IntervalStats {
+    let mut s = IntervalStats {
+        segs_sent: segs,
+        retrans: (segs as f64 * loss).round() as u64,
+        timeouts,
+        established: 10,
+        ..Default::default()
+    };
+    for jitter in [0.9, 1.0, 1.1, 1.0, 0.95] {
+        s.rtt.record((rtt_ms * jitter * 1000.0) as u64);
+    }
+    s
+}
+
+fn healthy() -> IntervalStats {
+    interval(2000, 0.001, 10.0, 0)
+}
+
+struct Run {
+    eval: HealthEvaluator,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            eval: HealthEvaluator::new(HealthThresholds::default()),
+        }
+    }
+
+    /// Feeds one interval for each given group; returns the status of the first.
+    fn step(&mut self, groups: &[(GroupId, IntervalStats)]) -> GroupHealth {
+        let stats: HashMap<GroupId, IntervalStats> = groups.iter().cloned().collect();
+        let (findings, _) = self.eval.apply(stats);
+        findings
+            .into_iter()
+            .find(|h| h.group == groups[0].0)
+            .expect("finding for the group")
+    }
+
+    fn warm_up(&mut self, id: &GroupId, n: usize) {
+        for _ in 0..n {
+            assert_eq!(self.step(&[(id.clone(), healthy())]).status, Status::Healthy);
+        }
+    }
+}
+
+#[test]
+fn a_loss_step_degrades_within_the_hysteresis() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 20);
+    let first = run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
+    assert_eq!(first.status, Status::Healthy, "one bad interval is not enough");
+    let second = run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
+    assert_eq!(second.status, Status::Degraded);
+    assert_eq!(second.reasons, vec![Reason::Retransmits]);
+    assert!((second.retransmit_ratio.expect("ratio") - 0.05).abs() < 1e-9);
+}
+
+#[test]
+fn an_rtt_step_degrades_with_reason_rtt() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 10);
+    run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
+    let h = run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
+    assert_eq!((h.status, h.reasons.clone()), (Status::Degraded, vec![Reason::Rtt]));
+    let ratio = h.rtt_ratio.expect("ratio");
+    assert!((3.0..=5.0).contains(&ratio), "about 4x: {ratio}");
+}
+
+#[test]
+fn timeouts_and_failures_are_reasons_too() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 10);
+    let mut failing = interval(2000, 0.001, 10.0, 3);
+    failing.failed = 5;
+    run.step(&[(a.clone(), failing.clone())]);
+    let h = run.step(&[(a.clone(), failing)]);
+    assert_eq!(h.reasons, vec![Reason::Timeouts, Reason::ConnectFailures]);
+}
+
+#[test]
+fn single_spikes_and_slow_drift_do_not_alarm() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 10);
+    for i in 0..400 {
+        // diurnal-like drift: RTT wanders between 8 and 14 ms over 200 intervals
+        let rtt = 11.0 + 3.0 * (i as f64 * std::f64::consts::TAU / 200.0).sin();
+        // and an isolated spike every 25 intervals
+        let stats = if i % 25 == 0 {
+            interval(2000, 0.10, rtt * 3.0, 2)
+        } else {
+            interval(2000, 0.001, rtt, 0)
+        };
+        assert_eq!(run.step(&[(a.clone(), stats)]).status, Status::Healthy, "interval {i}");
+    }
+}
+
+#[test]
+fn a_degraded_period_does_not_poison_the_baseline() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 10);
+    for _ in 0..60 {
+        run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
+    }
+    assert_eq!(
+        run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]).status,
+        Status::Degraded,
+        "still slow"
+    );
+    for i in 0..3 {
+        let h = run.step(&[(a.clone(), healthy())]);
+        let expected = if i < 2 { Status::Degraded } else { Status::Healthy };
+        assert_eq!(h.status, expected, "leaves after exit_intervals good intervals ({i})");
+    }
+    run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
+    let again = run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
+    assert_eq!(again.status, Status::Degraded, "the baseline still says 10 ms");
+}
+
+#[test]
+fn a_flapping_link_does_not_chatter() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, 10);
+    let bad = interval(2000, 0.05, 10.0, 0);
+    let mut transitions = 0;
+    for i in 0..40 {
+        let stats = if i < 2 || i % 2 == 0 { bad.clone() } else { healthy() };
+        let (_, t) = run.eval.apply([(a.clone(), stats)].into_iter().collect());
+        transitions += t.len();
+    }
+    assert_eq!(transitions, 1, "entered once, never left while flapping");
+}
+
+#[test]
+fn quiet_groups_stay_unknown() {
+    let mut run = Run::new();
+    let a = peer(1);
+    for _ in 0..20 {
+        let quiet = IntervalStats {
+            segs_sent: 0,
+            ..Default::default()
+        };
+        let h = run.step(&[(a.clone(), quiet)]);
+        assert_eq!(h.status, Status::Unknown);
+        assert_eq!(h.retransmit_ratio, None);
+    }
+}
+
+#[test]
+fn cold_start_uses_absolute_thresholds() {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
+    assert_eq!(
+        run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]).status,
+        Status::Degraded,
+        "5% > 2% cold"
+    );
+    let mut slow = Run::new();
+    slow.step(&[(a.clone(), interval(2000, 0.0, 300.0, 0))]);
+    assert_eq!(
+        slow.step(&[(a.clone(), interval(2000, 0.0, 300.0, 0))]).status,
+        Status::Healthy,
+        "no RTT baseline, 300 ms < 1 s"
+    );
+}
+
+#[test]
+fn attribution_host_peer_or_unknown() {
+    let (a, b) = (peer(1), peer(2));
+    let lossy = || interval(2000, 0.05, 10.0, 0);
+    let mut one = Run::new();
+    one.warm_up(&a, 1);
+    for _ in 0..2 {
+        one.step(&[(a.clone(), lossy()), (b.clone(), healthy())]);
+    }
+    let h = one.step(&[(a.clone(), lossy()), (b.clone(), healthy())]);
+    assert_eq!((h.status, h.attribution), (Status::Degraded, Attribution::Peer));
+
+    let mut both = Run::new();
+    for _ in 0..3 {
+        both.step(&[(a.clone(), lossy()), (b.clone(), lossy())]);
+    }
+    assert_eq!(
+        both.step(&[(a.clone(), lossy()), (b.clone(), lossy())]).attribution,
+        Attribution::Host
+    );
+
+    let mut alone = Run::new();
+    for _ in 0..3 {
+        alone.step(&[(a.clone(), lossy())]);
+    }
+    assert_eq!(alone.step(&[(a.clone(), lossy())]).attribution, Attribution::Unknown);
+}
+
+#[test]
+fn interpolated_p50_moves_smoothly() {
+    let mut h = crate::flows::Log2Histogram::default();
+    for _ in 0..10 {
+        h.record(10_000);
+    }
+    let p50 = rules::quantile_seconds(&h, 0.5).expect("p50");
+    assert!((0.008..=0.016).contains(&p50), "{p50}");
+}
