@@ -66,6 +66,7 @@ fn main() {
         let request = encode(
             &frame,
             &AgentMetrics::default(),
+            &[],
             &Default::default(),
             Temporality::Cumulative,
         );

@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
+use crate::health::{GroupHealth, HealthEvaluator, Status, Transition};
 use crate::monitor::Monitor;
 use crate::process_stats;
 use crate::report::Snapshot;
@@ -49,6 +50,12 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
     let export_every = export_config.interval;
     let mut last_summary = Instant::now();
     let mut last_export = Instant::now();
+    let mut health = config
+        .health
+        .enabled
+        .then(|| HealthEvaluator::new(config.health.thresholds()));
+    let mut findings: Vec<GroupHealth> = Vec::new();
+    let mut last_health = Instant::now();
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
         if let Err(e) = monitor.poll(now) {
@@ -62,15 +69,23 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
             log_summary(&monitor);
             last_summary = now;
         }
+        if let Some(evaluator) = health.as_mut() {
+            if now.duration_since(last_health) >= config.health.interval() {
+                let (latest, transitions) = evaluator.evaluate(monitor.table(), |_| true);
+                transitions.iter().for_each(log_transition);
+                findings = latest;
+                last_health = now;
+            }
+        }
         if exporter.has_outputs() && now.duration_since(last_export) >= export_every {
-            export(&mut exporter, &mut monitor, started);
+            export(&mut exporter, &mut monitor, &findings, started);
             last_export = now;
         }
     }
     // final export: what was counted since the last one is not lost at shutdown
     if exporter.has_outputs() {
         match monitor.poll(Instant::now()) {
-            Ok(()) => export(&mut exporter, &mut monitor, started),
+            Ok(()) => export(&mut exporter, &mut monitor, &findings, started),
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "final poll failed"),
         }
     }
@@ -78,12 +93,36 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
     Ok(())
 }
 
-fn export(exporter: &mut ExportPipeline, monitor: &mut Monitor, started: SystemTime) {
+fn export(exporter: &mut ExportPipeline, monitor: &mut Monitor, health: &[GroupHealth], started: SystemTime) {
     let agent = agent_metrics(monitor, started);
     monitor.reset_peak();
-    match exporter.export(monitor.table(), &agent, SystemTime::now()) {
+    match exporter.export(monitor.table(), &agent, health, SystemTime::now()) {
         Ok(()) => tracing::debug!(series = exporter.stats().series, "exported"),
         Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "export failed"),
+    }
+}
+
+/// One structured event per status change, naming the group, the reasons and the numbers.
+fn log_transition(t: &Transition) {
+    let h = &t.health;
+    let reasons: Vec<&str> = h.reasons.iter().map(|r| r.as_str()).collect();
+    let (from, to) = (
+        format!("{:?}", t.from).to_lowercase(),
+        format!("{:?}", t.to).to_lowercase(),
+    );
+    let numbers = |h: &GroupHealth| {
+        format!(
+            "retransmit_ratio={} rtt_ratio={} timeouts={} connect_failure_ratio={}",
+            h.retransmit_ratio.map_or("-".into(), |r| format!("{r:.4}")),
+            h.rtt_ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            h.timeouts,
+            h.connect_failure_ratio.map_or("-".into(), |r| format!("{r:.3}")),
+        )
+    };
+    if t.to == Status::Degraded {
+        tracing::warn!(group = %h.group, scope = h.group.scope(), from, to, reason = reasons.join(","), attribution = h.attribution.as_str(), numbers = numbers(h), "network health degraded");
+    } else {
+        tracing::info!(group = %h.group, scope = h.group.scope(), from, to, numbers = numbers(h), "network health changed");
     }
 }
 

@@ -15,6 +15,7 @@ use crate::export::prometheus::PrometheusSection;
 use crate::export::select::{DEFAULT_FAILURE_WEIGHT, DEFAULT_RETRANSMIT_WEIGHT, DEFAULT_TIMEOUT_WEIGHT};
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
+use crate::health::HealthThresholds;
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
 
 const ENV_PREFIX: &str = "FLOWTEL_";
@@ -24,6 +25,7 @@ const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_SUMMARY_INTERVAL_SECS: u64 = 10;
 pub const DEFAULT_EXPORT_INTERVAL_SECS: u64 = 30;
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,13 +39,95 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sampler: SamplerSection,
     pub flows: FlowsSection,
     pub run: RunSection,
     pub export: ExportSection,
+    pub health: HealthSection,
+}
+
+/// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub enabled: bool,
+    /// Seconds between evaluations.
+    pub interval_secs: u64,
+    pub enter_intervals: u32,
+    pub exit_intervals: u32,
+    pub baseline_window: usize,
+    pub baseline_min_intervals: usize,
+    pub min_segments: u64,
+    pub min_rtt_samples: u64,
+    pub min_connect_attempts: u64,
+    pub retransmit_ratio_absolute: f64,
+    pub retransmit_ratio_factor: f64,
+    pub retransmit_ratio_floor: f64,
+    pub timeouts: u64,
+    pub rtt_ratio: f64,
+    pub rtt_min_increase_ms: f64,
+    pub rtt_absolute_ms: f64,
+    pub connect_failure_ratio: f64,
+    pub max_groups: usize,
+    pub min_groups_for_attribution: usize,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let t = HealthThresholds::default();
+        Self {
+            enabled: true,
+            interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
+            enter_intervals: t.enter_intervals,
+            exit_intervals: t.exit_intervals,
+            baseline_window: t.baseline_window,
+            baseline_min_intervals: t.baseline_min_intervals,
+            min_segments: t.min_segments,
+            min_rtt_samples: t.min_rtt_samples,
+            min_connect_attempts: t.min_connect_attempts,
+            retransmit_ratio_absolute: t.retransmit_ratio_absolute,
+            retransmit_ratio_factor: t.retransmit_ratio_factor,
+            retransmit_ratio_floor: t.retransmit_ratio_floor,
+            timeouts: t.timeouts,
+            rtt_ratio: t.rtt_ratio,
+            rtt_min_increase_ms: t.rtt_min_increase_seconds * 1000.0,
+            rtt_absolute_ms: t.rtt_absolute_seconds * 1000.0,
+            connect_failure_ratio: t.connect_failure_ratio,
+            max_groups: t.max_groups,
+            min_groups_for_attribution: t.min_groups_for_attribution,
+        }
+    }
+}
+
+impl HealthSection {
+    pub fn thresholds(&self) -> HealthThresholds {
+        HealthThresholds {
+            enter_intervals: self.enter_intervals,
+            exit_intervals: self.exit_intervals,
+            baseline_window: self.baseline_window,
+            baseline_min_intervals: self.baseline_min_intervals,
+            min_segments: self.min_segments,
+            min_rtt_samples: self.min_rtt_samples,
+            min_connect_attempts: self.min_connect_attempts,
+            retransmit_ratio_absolute: self.retransmit_ratio_absolute,
+            retransmit_ratio_factor: self.retransmit_ratio_factor,
+            retransmit_ratio_floor: self.retransmit_ratio_floor,
+            timeouts: self.timeouts,
+            rtt_ratio: self.rtt_ratio,
+            rtt_min_increase_seconds: self.rtt_min_increase_ms / 1000.0,
+            rtt_absolute_seconds: self.rtt_absolute_ms / 1000.0,
+            connect_failure_ratio: self.connect_failure_ratio,
+            max_groups: self.max_groups,
+            min_groups_for_attribution: self.min_groups_for_attribution,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +290,12 @@ impl Config {
         }
         if self.export.top_k == 0 {
             return Err(ConfigError::Invalid("export.top_k must be at least 1".into()));
+        }
+        let h = &self.health;
+        if h.interval_secs == 0 || h.enter_intervals == 0 || h.exit_intervals == 0 || h.baseline_window == 0 {
+            return Err(ConfigError::Invalid(
+                "health.interval_secs, enter_intervals, exit_intervals and baseline_window must be at least 1".into(),
+            ));
         }
         if self.run.summary_interval_secs == 0 {
             return Err(ConfigError::Invalid(

@@ -120,10 +120,17 @@ mod tests {
             encode(
                 &frame,
                 &Default::default(),
+                &[],
                 &Default::default(),
                 Temporality::Cumulative,
             ),
-            encode(&frame, &Default::default(), &Default::default(), Temporality::Delta),
+            encode(
+                &frame,
+                &Default::default(),
+                &[],
+                &Default::default(),
+                Temporality::Delta,
+            ),
         ];
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("metrics.jsonl");

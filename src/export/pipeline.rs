@@ -14,6 +14,7 @@ use super::otlp::{encode, resource, AgentMetrics, Temporality};
 use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
 use crate::flows::FlowTable;
+use crate::health::GroupHealth;
 
 /// How long shutdown waits for the last export to reach the collector.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
@@ -90,18 +91,24 @@ impl ExportPipeline {
 
     /// Encodes one export and hands it to every output. OTLP delivery happens in the background.
     /// `agent` carries the agent's own figures; the pipeline adds its export counters.
-    pub fn export(&mut self, table: &FlowTable, agent: &AgentMetrics, now: SystemTime) -> Result<(), ExportError> {
+    pub fn export(
+        &mut self,
+        table: &FlowTable,
+        agent: &AgentMetrics,
+        health: &[GroupHealth],
+        now: SystemTime,
+    ) -> Result<(), ExportError> {
         let frame = self.selector.select(table, now);
         self.last_series = frame.series.len();
         if let Some(prometheus) = &self.prometheus {
-            prometheus.update(&frame);
+            prometheus.update(&frame, health);
         }
         let stats = self.stats();
         let mut agent = agent.clone();
         agent.export_failures = stats.otlp_failures;
         agent.dropped.push(("export_superseded", stats.otlp_superseded));
         agent.dropped.push(("export_undelivered", stats.otlp_dropped));
-        let request = encode(&frame, &agent, &self.resource, self.temporality);
+        let request = encode(&frame, &agent, health, &self.resource, self.temporality);
         if let Some(file) = &mut self.file {
             file.write(&request)?;
         }

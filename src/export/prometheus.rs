@@ -14,8 +14,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
+use super::otlp::encode::health_attributes;
 use super::{ExportFrame, Series};
 use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
+use crate::health::{GroupHealth, Status};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// Histogram buckets exported: units 2^5..2^28 of 2^-20 s, 30.5 us to 256 s, then +Inf.
@@ -131,7 +133,7 @@ fn histogram_family(
 }
 
 /// The OpenMetrics page for one (cumulative) export frame.
-pub fn render(frame: &ExportFrame) -> String {
+pub fn render(frame: &ExportFrame, health: &[GroupHealth]) -> String {
     let mut out = String::new();
     let directions = |tx: u64, rx: u64| {
         vec![
@@ -239,8 +241,59 @@ pub fn render(frame: &ExportFrame) -> String {
             s.values.active
         );
     }
+    render_health(&mut out, health);
     out.push_str("# EOF\n");
     out
+}
+
+fn render_health(out: &mut String, health: &[GroupHealth]) {
+    let known: Vec<&GroupHealth> = health.iter().filter(|h| h.status != Status::Unknown).collect();
+    let label = |h: &GroupHealth| {
+        let body: Vec<String> = health_attributes(h)
+            .iter()
+            .map(|(k, v)| format!("{}=\"{}\"", k.replace('.', "_"), escape(v)))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    };
+    family(
+        out,
+        "flowtel_health_status",
+        "gauge",
+        None,
+        "0 = healthy, 1 = degraded (flowtel.health.status)",
+    );
+    for h in &known {
+        let _ = writeln!(
+            out,
+            "flowtel_health_status{} {}",
+            label(h),
+            u8::from(h.status == Status::Degraded)
+        );
+    }
+    family(
+        out,
+        "flowtel_health_rtt_ratio",
+        "gauge",
+        None,
+        "RTT p50 over its baseline",
+    );
+    for h in &known {
+        if let Some(r) = h.rtt_ratio {
+            let _ = writeln!(out, "flowtel_health_rtt_ratio{} {r}", label(h));
+        }
+    }
+    family(
+        out,
+        "flowtel_health_retransmit_ratio",
+        "gauge",
+        None,
+        "Retransmitted over data segments sent",
+    );
+    for h in &known {
+        if let Some(r) = h.retransmit_ratio {
+            let _ = writeln!(out, "flowtel_health_retransmit_ratio{} {r}", label(h));
+        }
+    }
 }
 
 /// Serves the latest page on `/metrics` from a task on `runtime`.
@@ -286,8 +339,8 @@ impl PrometheusOutput {
         Ok(Self { page })
     }
 
-    pub fn update(&self, frame: &ExportFrame) {
-        let page = render(frame);
+    pub fn update(&self, frame: &ExportFrame, health: &[GroupHealth]) {
+        let page = render(frame, health);
         if let Ok(mut slot) = self.page.write() {
             *slot = page;
         }
@@ -356,7 +409,7 @@ mod tests {
                 },
             ],
         };
-        let page = render(&frame);
+        let page = render(&frame, &[]);
         assert!(page.contains("# TYPE flowtel_tcp_bytes counter\n# UNIT flowtel_tcp_bytes bytes\n"));
         assert!(page.contains(
             "flowtel_tcp_bytes_total{network_transport=\"tcp\",network_type=\"ipv4\",network_local_address=\"127.0.0.1\",\

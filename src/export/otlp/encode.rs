@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use crate::export::{ExportFrame, Series};
 use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
+use crate::health::{GroupHealth, GroupId, Status};
 
 /// Metric names and attribute keys (OpenTelemetry semantic conventions where one exists).
 pub mod names {
@@ -50,6 +51,13 @@ pub mod names {
     pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
     pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
     pub const DROP_REASON: &str = "flowtel.drop.reason";
+
+    pub const HEALTH_STATUS: &str = "flowtel.health.status";
+    pub const HEALTH_RTT_RATIO: &str = "flowtel.health.rtt.ratio";
+    pub const HEALTH_RETRANSMIT_RATIO: &str = "flowtel.health.retransmit.ratio";
+    pub const HEALTH_SCOPE: &str = "flowtel.health.scope";
+    pub const HEALTH_REASON: &str = "flowtel.health.reason";
+    pub const HEALTH_ATTRIBUTION: &str = "flowtel.health.attribution";
     pub const CPU_MODE: &str = "cpu.mode";
 }
 
@@ -201,6 +209,7 @@ fn histogram_metric(
 pub fn encode(
     frame: &ExportFrame,
     agent: &AgentMetrics,
+    health: &[GroupHealth],
     resource: &Resource,
     temporality: Temporality,
 ) -> ExportMetricsServiceRequest {
@@ -335,6 +344,7 @@ pub fn encode(
         },
     ];
     metrics.extend(agent_metrics(agent, time));
+    metrics.extend(health_metrics(health, time));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
@@ -350,6 +360,83 @@ pub fn encode(
             schema_url: String::new(),
         }],
     }
+}
+
+/// The health attributes of one group: scope, identity, reason ("none" when not degraded) and
+/// attribution.
+pub fn health_attributes(h: &GroupHealth) -> Vec<(&'static str, String)> {
+    let mut attrs = vec![(names::HEALTH_SCOPE, h.group.scope().to_string())];
+    if let GroupId::Peer { address, port } = &h.group {
+        attrs.push((names::PEER_ADDRESS, address.to_string()));
+        attrs.push((names::SERVER_PORT, port.to_string()));
+    }
+    let reasons: Vec<&str> = h.reasons.iter().map(|r| r.as_str()).collect();
+    attrs.push((
+        names::HEALTH_REASON,
+        if reasons.is_empty() {
+            "none".to_string()
+        } else {
+            reasons.join(",")
+        },
+    ));
+    attrs.push((names::HEALTH_ATTRIBUTION, h.attribution.as_str().to_string()));
+    attrs
+}
+
+/// Health gauges; groups without enough data (status unknown) are left out.
+fn health_metrics(health: &[GroupHealth], time: u64) -> Vec<Metric> {
+    let known: Vec<&GroupHealth> = health.iter().filter(|h| h.status != Status::Unknown).collect();
+    let point = |h: &GroupHealth, value: f64| {
+        let attributes = health_attributes(h)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == names::SERVER_PORT {
+                    kv(k, any_value::Value::IntValue(v.parse().unwrap_or_default()))
+                } else {
+                    kv_str(k, v)
+                }
+            })
+            .collect();
+        NumberDataPoint {
+            attributes,
+            time_unix_nano: time,
+            value: Some(number_data_point::Value::AsDouble(value)),
+            ..Default::default()
+        }
+    };
+    let gauge = |name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>| Metric {
+        name: name.to_string(),
+        description: description.to_string(),
+        unit: unit.to_string(),
+        data: Some(metric::Data::Gauge(Gauge { data_points: points })),
+        ..Default::default()
+    };
+    vec![
+        gauge(
+            names::HEALTH_STATUS,
+            "1",
+            "0 = healthy, 1 = degraded; groups without enough data are left out",
+            known
+                .iter()
+                .map(|h| point(h, if h.status == Status::Degraded { 1.0 } else { 0.0 }))
+                .collect(),
+        ),
+        gauge(
+            names::HEALTH_RTT_RATIO,
+            "1",
+            "RTT p50 over its baseline",
+            known.iter().filter_map(|h| h.rtt_ratio.map(|r| point(h, r))).collect(),
+        ),
+        gauge(
+            names::HEALTH_RETRANSMIT_RATIO,
+            "1",
+            "Retransmitted over data segments sent in the last evaluation interval",
+            known
+                .iter()
+                .filter_map(|h| h.retransmit_ratio.map(|r| point(h, r)))
+                .collect(),
+        ),
+    ]
 }
 
 /// Agent metrics are always cumulative: they describe the agent, not an interval of flows.
@@ -541,6 +628,7 @@ mod tests {
         let req = encode(
             &frame(),
             &AgentMetrics::default(),
+            &[],
             &Resource::default(),
             Temporality::Cumulative,
         );
@@ -637,6 +725,7 @@ mod tests {
         let req = encode(
             &frame(),
             &AgentMetrics::default(),
+            &[],
             &Resource::default(),
             Temporality::Cumulative,
         );
@@ -665,7 +754,13 @@ mod tests {
             bytes_sent: 7,
             ..Default::default()
         };
-        let req = encode(&f, &AgentMetrics::default(), &Resource::default(), Temporality::Delta);
+        let req = encode(
+            &f,
+            &AgentMetrics::default(),
+            &[],
+            &Resource::default(),
+            Temporality::Delta,
+        );
         let Some(metric::Data::Sum(bytes)) = &metric(&req, names::BYTES).data else {
             panic!("sum")
         };
@@ -700,7 +795,7 @@ mod agent_tests {
             cpu_system_seconds: 0.25,
             rss_bytes: 9_000_000,
         };
-        let req = encode(&frame, &agent, &Resource::default(), Temporality::Delta);
+        let req = encode(&frame, &agent, &[], &Resource::default(), Temporality::Delta);
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         let find = |name: &str| {
             metrics
@@ -728,5 +823,85 @@ mod agent_tests {
         };
         assert_eq!(pairs.data_points[0].value, Some(number_data_point::Value::AsInt(12)));
         assert!(metrics.iter().any(|m| m.name == names::AGENT_EXPORT_FAILURES));
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::{Attribution, Reason};
+
+    #[test]
+    fn health_gauges_leave_unknown_groups_out() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let frame = ExportFrame {
+            previous_time: t0,
+            time: t0,
+            series: vec![],
+        };
+        let peer = GroupId::Peer {
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+            port: 443,
+        };
+        let degraded = GroupHealth {
+            group: peer,
+            status: Status::Degraded,
+            reasons: vec![Reason::Rtt, Reason::Retransmits],
+            attribution: Attribution::Peer,
+            rtt_ratio: Some(3.5),
+            retransmit_ratio: Some(0.04),
+            timeouts: 0,
+            connect_failure_ratio: None,
+        };
+        let unknown = GroupHealth {
+            group: GroupId::Host,
+            status: Status::Unknown,
+            reasons: vec![],
+            ..degraded.clone()
+        };
+        let req = encode(
+            &frame,
+            &AgentMetrics::default(),
+            &[degraded, unknown],
+            &Resource::default(),
+            Temporality::Cumulative,
+        );
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let status = metrics.iter().find(|m| m.name == names::HEALTH_STATUS).expect("status");
+        let Some(metric::Data::Gauge(g)) = &status.data else {
+            panic!("gauge")
+        };
+        assert_eq!(g.data_points.len(), 1, "the unknown group is left out");
+        let p = &g.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsDouble(1.0)));
+        let attr = |k: &str| {
+            p.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            attr(names::HEALTH_SCOPE),
+            Some(any_value::Value::StringValue("peer".into()))
+        );
+        assert_eq!(
+            attr(names::HEALTH_REASON),
+            Some(any_value::Value::StringValue("rtt,retransmits".into()))
+        );
+        assert_eq!(
+            attr(names::HEALTH_ATTRIBUTION),
+            Some(any_value::Value::StringValue("peer".into()))
+        );
+        assert_eq!(
+            attr(names::PEER_ADDRESS),
+            Some(any_value::Value::StringValue("10.0.0.9".into()))
+        );
+        assert_eq!(attr(names::SERVER_PORT), Some(any_value::Value::IntValue(443)));
+        assert!(metrics.iter().any(|m| m.name == names::HEALTH_RTT_RATIO));
+        assert!(metrics.iter().any(|m| m.name == names::HEALTH_RETRANSMIT_RATIO));
     }
 }
