@@ -283,3 +283,158 @@ impl Drop for VethPair {
         }
     }
 }
+
+/// A hub namespace ("this host") joined by one veth to each spoke namespace ("peers").
+/// Spoke i has 10.<net>.<i+1>.2, the hub 10.<net>.<i+1>.1 on that link. Removed on drop.
+pub struct Hub {
+    pub hub_ns: String,
+    pub spokes: Vec<Spoke>,
+}
+
+pub struct Spoke {
+    pub ns: String,
+    pub hub_addr: IpAddr,
+    pub addr: IpAddr,
+    /// The spoke's end of its veth (for qdiscs on the spoke-to-hub direction).
+    pub spoke_if: String,
+}
+
+impl Hub {
+    pub fn new(net: u8, spokes: usize) -> Self {
+        let id = format!(
+            "{}-{}",
+            std::process::id() % 100_000,
+            NEXT_NS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut hub = Self {
+            hub_ns: format!("ftl-h-{id}"),
+            spokes: Vec::new(),
+        };
+        run("ip", &["netns", "add", &hub.hub_ns]);
+        run_in(&hub.hub_ns, "ip", &["link", "set", "lo", "up"]);
+        for i in 0..spokes {
+            let spoke = Spoke {
+                ns: format!("ftl-p{i}-{id}"),
+                hub_addr: format!("10.{net}.{}.1", i + 1).parse().expect("v4"),
+                addr: format!("10.{net}.{}.2", i + 1).parse().expect("v4"),
+                spoke_if: format!("vp{i}{id}"),
+            };
+            let hub_if = format!("vh{i}{id}");
+            run("ip", &["netns", "add", &spoke.ns]);
+            // pushed first so that a failing step below still removes it
+            let (ns, spoke_if, hub_addr, addr) = (spoke.ns.clone(), spoke.spoke_if.clone(), spoke.hub_addr, spoke.addr);
+            hub.spokes.push(spoke);
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &hub_if,
+                    "netns",
+                    &hub.hub_ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &spoke_if,
+                    "netns",
+                    &ns,
+                ],
+            );
+            run_in(&ns, "ip", &["link", "set", "lo", "up"]);
+            run_in(
+                &hub.hub_ns,
+                "ip",
+                &["addr", "add", &format!("{hub_addr}/24"), "dev", &hub_if],
+            );
+            run_in(&ns, "ip", &["addr", "add", &format!("{addr}/24"), "dev", &spoke_if]);
+            run_in(&hub.hub_ns, "ip", &["link", "set", &hub_if, "up"]);
+            run_in(&ns, "ip", &["link", "set", &spoke_if, "up"]);
+        }
+        hub
+    }
+
+    /// Whether a flow key belongs to the hub's side of its links.
+    pub fn is_hub_side(&self, key: &FlowKey) -> bool {
+        self.spokes.iter().any(|s| s.hub_addr == key.local)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for ns in self.spokes.iter().map(|s| &s.ns).chain(std::iter::once(&self.hub_ns)) {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+/// Steady request/response traffic from the hub to a server in each spoke, until dropped.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(hub: &Hub, port: u16, request: usize, response: usize, pause: Duration) -> Self {
+        Self::start_with(hub, port, request, response, pause, 1)
+    }
+
+    /// As `start`, with `clients` concurrent client loops per spoke.
+    pub fn start_with(hub: &Hub, port: u16, request: usize, response: usize, pause: Duration, clients: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for spoke in &hub.spokes {
+            let listener = VethPair::in_ns(&spoke.ns, || {
+                TcpListener::bind((spoke.addr, port)).expect("bind in spoke")
+            });
+            listener.set_nonblocking(true).expect("nonblocking");
+            let stop_server = std::sync::Arc::clone(&stop);
+            threads.push(std::thread::spawn(move || {
+                while !stop_server.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            // one thread per connection, so that concurrent clients overlap
+                            std::thread::spawn(move || {
+                                let _ = conn.set_nonblocking(false);
+                                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                                let mut buf = vec![0u8; request];
+                                if conn.read_exact(&mut buf).is_ok() {
+                                    let _ = conn.write_all(&vec![7u8; response]);
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            }));
+            for _ in 0..clients {
+                let ns = hub.hub_ns.clone();
+                let target = SocketAddr::new(spoke.addr, port);
+                let stop_client = std::sync::Arc::clone(&stop);
+                threads.push(std::thread::spawn(move || {
+                    VethPair::in_ns(&ns, || {
+                        while !stop_client.load(Ordering::Relaxed) {
+                            if let Ok(mut c) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+                                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                                let _ = c.write_all(&vec![1u8; request]);
+                                let mut buf = Vec::new();
+                                let _ = c.read_to_end(&mut buf);
+                            }
+                            std::thread::sleep(pause);
+                        }
+                    })
+                }));
+            }
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
