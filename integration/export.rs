@@ -168,34 +168,17 @@ fn export_through(protocol: &str) {
         ),
     )
     .expect("config file");
-    let mut agent = Reaped(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env_remove("FLOWTEL_CONFIG")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
-            .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flowtel run starts"),
+    let (mut agent, _log) = start_agent_with(
+        &["--config".to_string(), config.display().to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+        ],
     );
-    let mut stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("sampler attached") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "flowtel exited before attaching"
-        );
-    }
     let port = exchange_known_bytes();
     std::thread::sleep(Duration::from_millis(2500));
-    // SAFETY: signalling our own child by pid.
-    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
-    assert!(agent.0.wait().expect("flowtel exits").success());
+    stop(&mut agent);
     std::thread::sleep(Duration::from_millis(500));
 
     let (points, resource) = parse(&std::fs::read_to_string(&log_path).expect("rotel log"));
@@ -322,30 +305,14 @@ fn prometheus_scrapes_the_measured_bytes() {
             .spawn()
             .expect("prometheus is installed (apt-get install prometheus)"),
     );
-    let mut agent = Reaped(
-        Command::new(BIN)
-            .arg("run")
-            .env_remove("FLOWTEL_CONFIG")
-            .env("FLOWTEL_EXPORT__PROMETHEUS__ENABLED", "true")
-            .env(
-                "FLOWTEL_EXPORT__PROMETHEUS__LISTEN",
-                format!("127.0.0.1:{metrics_port}"),
-            )
-            .env("FLOWTEL_EXPORT__INTERVAL_SECS", "1")
-            .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flowtel run starts"),
-    );
-    let mut stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("sampler attached") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "flowtel exited before attaching"
-        );
-    }
+    let (_agent, _log) = start_agent(&[
+        ("FLOWTEL_EXPORT__PROMETHEUS__ENABLED", "true".to_string()),
+        (
+            "FLOWTEL_EXPORT__PROMETHEUS__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        ),
+        ("FLOWTEL_EXPORT__INTERVAL_SECS", "1".to_string()),
+    ]);
     let port = exchange_known_bytes();
     let query = format!(
         "flowtel_tcp_bytes_total{{server_port=\"{port}\",network_tcp_handshake_role=\"client\",network_io_direction=\"receive\"}}"
@@ -370,10 +337,18 @@ fn prometheus_scrapes_the_measured_bytes() {
     assert!(page.contains("# TYPE flowtel_tcp_rtt_seconds histogram"), "{page}");
 }
 
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Starts `flowtel run` with `envs`, waits until it is attached, and collects its log lines.
-fn start_agent(envs: &[(&str, String)]) -> (Reaped, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+fn start_agent(envs: &[(&str, String)]) -> (Reaped, Log) {
+    start_agent_with(&[], envs)
+}
+
+/// As `start_agent`, with global arguments (such as `--config FILE`) before `run`.
+fn start_agent_with(args: &[String], envs: &[(&str, String)]) -> (Reaped, Log) {
     let mut cmd = Command::new(BIN);
-    cmd.arg("run")
+    cmd.args(args)
+        .arg("run")
         .env_remove("FLOWTEL_CONFIG")
         .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200");
     for (k, v) in envs {

@@ -53,7 +53,7 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
     let mut health = config
         .health
         .enabled
-        .then(|| HealthEvaluator::new(config.health.thresholds()));
+        .then(|| HealthEvaluator::new(config.health.thresholds));
     let mut findings: Vec<GroupHealth> = Vec::new();
     let mut last_health = Instant::now();
     while sleep_unless_stopped(config.poll_interval(), stop) {

@@ -56,75 +56,21 @@ pub struct HealthSection {
     pub enabled: bool,
     /// Seconds between evaluations.
     pub interval_secs: u64,
-    pub enter_intervals: u32,
-    pub exit_intervals: u32,
-    pub baseline_window: usize,
-    pub baseline_min_intervals: usize,
-    pub min_segments: u64,
-    pub min_rtt_samples: u64,
-    pub min_connect_attempts: u64,
-    pub retransmit_ratio_absolute: f64,
-    pub retransmit_ratio_factor: f64,
-    pub retransmit_ratio_floor: f64,
-    pub timeouts: u64,
-    pub rtt_ratio: f64,
-    pub rtt_min_increase_ms: f64,
-    pub rtt_absolute_ms: f64,
-    pub connect_failure_ratio: f64,
-    pub max_groups: usize,
-    pub min_groups_for_attribution: usize,
+    /// `[health.thresholds]`: every knob of the rules.
+    pub thresholds: HealthThresholds,
 }
 
 impl Default for HealthSection {
     fn default() -> Self {
-        let t = HealthThresholds::default();
         Self {
             enabled: true,
             interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
-            enter_intervals: t.enter_intervals,
-            exit_intervals: t.exit_intervals,
-            baseline_window: t.baseline_window,
-            baseline_min_intervals: t.baseline_min_intervals,
-            min_segments: t.min_segments,
-            min_rtt_samples: t.min_rtt_samples,
-            min_connect_attempts: t.min_connect_attempts,
-            retransmit_ratio_absolute: t.retransmit_ratio_absolute,
-            retransmit_ratio_factor: t.retransmit_ratio_factor,
-            retransmit_ratio_floor: t.retransmit_ratio_floor,
-            timeouts: t.timeouts,
-            rtt_ratio: t.rtt_ratio,
-            rtt_min_increase_ms: t.rtt_min_increase_seconds * 1000.0,
-            rtt_absolute_ms: t.rtt_absolute_seconds * 1000.0,
-            connect_failure_ratio: t.connect_failure_ratio,
-            max_groups: t.max_groups,
-            min_groups_for_attribution: t.min_groups_for_attribution,
+            thresholds: HealthThresholds::default(),
         }
     }
 }
 
 impl HealthSection {
-    pub fn thresholds(&self) -> HealthThresholds {
-        HealthThresholds {
-            enter_intervals: self.enter_intervals,
-            exit_intervals: self.exit_intervals,
-            baseline_window: self.baseline_window,
-            baseline_min_intervals: self.baseline_min_intervals,
-            min_segments: self.min_segments,
-            min_rtt_samples: self.min_rtt_samples,
-            min_connect_attempts: self.min_connect_attempts,
-            retransmit_ratio_absolute: self.retransmit_ratio_absolute,
-            retransmit_ratio_factor: self.retransmit_ratio_factor,
-            retransmit_ratio_floor: self.retransmit_ratio_floor,
-            timeouts: self.timeouts,
-            rtt_ratio: self.rtt_ratio,
-            rtt_min_increase_seconds: self.rtt_min_increase_ms / 1000.0,
-            rtt_absolute_seconds: self.rtt_absolute_ms / 1000.0,
-            connect_failure_ratio: self.connect_failure_ratio,
-            max_groups: self.max_groups,
-            min_groups_for_attribution: self.min_groups_for_attribution,
-        }
-    }
-
     pub fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_secs)
     }
@@ -291,8 +237,8 @@ impl Config {
         if self.export.top_k == 0 {
             return Err(ConfigError::Invalid("export.top_k must be at least 1".into()));
         }
-        let h = &self.health;
-        if h.interval_secs == 0 || h.enter_intervals == 0 || h.exit_intervals == 0 || h.baseline_window == 0 {
+        let (h, t) = (&self.health, &self.health.thresholds);
+        if h.interval_secs == 0 || t.enter_intervals == 0 || t.exit_intervals == 0 || t.baseline_window == 0 {
             return Err(ConfigError::Invalid(
                 "health.interval_secs, enter_intervals, exit_intervals and baseline_window must be at least 1".into(),
             ));

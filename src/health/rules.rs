@@ -22,8 +22,10 @@ impl Reason {
     }
 }
 
-/// Every knob of the health rules. The README explains each one and how to tune it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Every knob of the health rules, as `[health.thresholds]` in the configuration. The README
+/// explains each one and how to tune it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HealthThresholds {
     /// Bad intervals in a row to become degraded.
     pub enter_intervals: u32,
