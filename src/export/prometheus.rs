@@ -320,8 +320,14 @@ impl PrometheusOutput {
                 Err(e) => return tracing::warn!(error = %e, "Prometheus endpoint could not start"),
             };
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // out of file descriptors and the like: back off instead of spinning
+                        tracing::debug!(error = %e, "accepting a /metrics connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let page = Arc::clone(&served);
                 tokio::spawn(async move {
