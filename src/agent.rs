@@ -56,13 +56,19 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
         .then(|| HealthEvaluator::new(config.health.thresholds));
     let mut findings: Vec<GroupHealth> = Vec::new();
     let mut last_health = Instant::now();
+    let mut poll_failures: u64 = 0;
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
         if let Err(e) = monitor.poll(now) {
-            tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(e)),
-                "poll failed; retrying next interval"
-            );
+            poll_failures += 1;
+            // a persistent failure is logged at the 1st, 2nd, 4th, 8th... occurrence, not every poll
+            if poll_failures.is_power_of_two() {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    failures = poll_failures,
+                    "poll failed; retrying next interval"
+                );
+            }
             continue;
         }
         if now.duration_since(last_summary) >= summary_every {
