@@ -520,3 +520,171 @@ fn top_5_of_50_peers_stays_bounded_exact_and_monotonic() {
         "every byte generated is in some series: {final_sum} < {generated}"
     );
 }
+
+/// An OTLP gRPC receiver with TLS, recording requests and the `x-api-key` header it saw.
+mod tls_receiver {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+        MetricsService, MetricsServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
+    use tonic::transport::{Identity, Server, ServerTlsConfig};
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone, Default)]
+    pub struct Seen {
+        pub requests: Arc<Mutex<Vec<(ExportMetricsServiceRequest, Option<String>)>>>,
+    }
+
+    #[tonic::async_trait]
+    impl MetricsService for Seen {
+        async fn export(
+            &self,
+            request: Request<ExportMetricsServiceRequest>,
+        ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+            let key = request
+                .metadata()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            self.requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((request.into_inner(), key));
+            Ok(Response::new(ExportMetricsServiceResponse::default()))
+        }
+    }
+
+    pub fn serve(runtime: &tokio::runtime::Runtime, port: u16, cert: Vec<u8>, key: Vec<u8>) -> Seen {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seen = Seen::default();
+        let service = MetricsServiceServer::new(seen.clone());
+        runtime.spawn(async move {
+            let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            let mut server = Server::builder().tls_config(tls).expect("server TLS config");
+            let _ = server.add_service(service).serve(([127, 0, 0, 1], port).into()).await;
+        });
+        seen
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The receiver here has no gzip: flowtel's default compression must fall back to none.
+#[test]
+fn otlp_grpc_over_tls_with_a_custom_ca_and_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=flowtel-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("ext file");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = free_port();
+    let seen = tls_receiver::serve(
+        &runtime,
+        port,
+        std::fs::read(d.join("server.pem")).expect("cert"),
+        std::fs::read(d.join("server.key")).expect("key"),
+    );
+    let (mut agent, log) = start_agent(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", d.join("ca.pem").display().to_string()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.requests.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no request over TLS; agent log: {:?}",
+            log.lock().unwrap_or_else(|e| e.into_inner())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(&mut agent);
+    let requests = seen.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let (request, key) = &requests[0];
+    assert_eq!(key.as_deref(), Some("s3cret"), "custom header delivered");
+    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        log.iter().any(|l| l.contains("does not accept gzip")),
+        "the fallback to no compression is logged"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("OTLP export failed")),
+        "the fallback happened within the first export"
+    );
+    assert!(request.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .any(|m| m.name == "flowtel.tcp.bytes" || m.name.starts_with("flowtel.agent")));
+}

@@ -36,6 +36,7 @@ pub enum TransportError {
 
 enum Inner {
     Grpc {
+        channel: Channel,
         client: MetricsServiceClient<Channel>,
         metadata: MetadataMap,
     },
@@ -91,7 +92,8 @@ impl OtlpClient {
                     }
                     endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
                 }
-                let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+                let channel = endpoint.connect_lazy();
+                let mut client = MetricsServiceClient::new(channel.clone());
                 if settings.gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
@@ -103,7 +105,11 @@ impl OtlpClient {
                         .map_err(|_| TransportError::Header { name: name.clone() })?;
                     metadata.insert(key, value);
                 }
-                Inner::Grpc { client, metadata }
+                Inner::Grpc {
+                    channel,
+                    client,
+                    metadata,
+                }
             }
             Protocol::HttpProtobuf => {
                 let mut builder = reqwest::Client::builder().timeout(settings.timeout);
@@ -139,15 +145,35 @@ impl OtlpClient {
     /// Sends one request; returns the bytes put on the wire (body after compression).
     pub async fn export(&mut self, request: ExportMetricsServiceRequest) -> Result<usize, TransportError> {
         match &mut self.inner {
-            Inner::Grpc { client, metadata } => {
+            Inner::Grpc {
+                channel,
+                client,
+                metadata,
+            } => {
                 let size = request.encoded_len();
-                let mut req = tonic::Request::new(request);
+                let mut req = tonic::Request::new(request.clone());
                 *req.metadata_mut() = metadata.clone();
-                client
-                    .export(req)
-                    .await
-                    .map_err(|status| TransportError::Grpc(status_line(&status)))?;
-                Ok(size)
+                match client.export(req).await {
+                    Ok(_) => Ok(size),
+                    // a receiver without gzip: send uncompressed from now on, and retry at once
+                    Err(status)
+                        if status.code() == tonic::Code::Unimplemented && status.message().contains("compress") =>
+                    {
+                        tracing::warn!(
+                            message = status.message(),
+                            "the OTLP receiver does not accept gzip; sending uncompressed"
+                        );
+                        *client = MetricsServiceClient::new(channel.clone());
+                        let mut req = tonic::Request::new(request);
+                        *req.metadata_mut() = metadata.clone();
+                        client
+                            .export(req)
+                            .await
+                            .map_err(|status| TransportError::Grpc(status_line(&status)))?;
+                        Ok(size)
+                    }
+                    Err(status) => Err(TransportError::Grpc(status_line(&status))),
+                }
             }
             Inner::Http {
                 client,
