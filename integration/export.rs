@@ -534,9 +534,12 @@ mod tls_receiver {
     use tonic::transport::{Identity, Server, ServerTlsConfig};
     use tonic::{Request, Response, Status};
 
+    /// A request and the `x-api-key` header that came with it.
+    pub type Received = (ExportMetricsServiceRequest, Option<String>);
+
     #[derive(Clone, Default)]
     pub struct Seen {
-        pub requests: Arc<Mutex<Vec<(ExportMetricsServiceRequest, Option<String>)>>>,
+        pub requests: Arc<Mutex<Vec<Received>>>,
     }
 
     #[tonic::async_trait]
