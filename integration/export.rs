@@ -30,6 +30,27 @@ fn rotel_agent() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// rotel on loopback with OTLP gRPC and HTTP receivers, printing every metric to `log`.
+fn start_rotel(grpc: u16, http: u16, log: &std::path::Path) -> Reaped {
+    Reaped(
+        Command::new(rotel_agent())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(log).expect("log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    )
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -130,23 +151,7 @@ fn export_through(protocol: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("rotel.log");
     let (grpc, http) = (free_port(), free_port());
-    let _rotel = Reaped(
-        Command::new(rotel_agent())
-            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&log_path).expect("log file"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    );
+    let _rotel = start_rotel(grpc, http, &log_path);
     let endpoint = match protocol {
         "grpc" => format!("http://127.0.0.1:{grpc}"),
         _ => format!("http://127.0.0.1:{http}"),
@@ -395,23 +400,7 @@ fn collector_outage_is_logged_per_backoff_step_and_export_resumes() {
     assert!(agent.0.try_wait().expect("status").is_none(), "still sampling");
 
     let log_path = dir.path().join("rotel.log");
-    let _rotel = Reaped(
-        Command::new(rotel_agent())
-            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", free_port())])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&log_path).expect("log file"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    );
+    let _rotel = start_rotel(port, free_port(), &log_path);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&log_path)
         .unwrap_or_default()
