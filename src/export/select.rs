@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::flows::{FlowCounters, FlowKey, FlowTable};
+use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable};
 
 /// Pairs exported with their own series per export.
 pub const DEFAULT_TOP_K: usize = 1000;
@@ -138,10 +138,10 @@ impl SeriesSelector {
 
     pub fn select(&mut self, table: &FlowTable, now: SystemTime) -> ExportFrame {
         let pairs = table.pairs();
-        let mut ranked: Vec<((u128, u128), &FlowKey)> = Vec::new();
+        // one interval delta per pair, reused for ranking, the series and the overflow
+        let mut ranked: Vec<((u128, u128), &FlowPair, FlowCounters, bool)> = Vec::new();
         for pair in &pairs {
-            let before = self.previous.get(&pair.key).cloned().unwrap_or_default();
-            let delta = pair.counters.saturating_sub(&before);
+            let delta = pair.counters.since(self.previous.get(&pair.key));
             // pairs idle (no traffic, no live connection) for stale_after stop being exported
             let busy = delta.has_activity() || pair.counters.active > 0;
             let recently_selected = self
@@ -149,40 +149,36 @@ impl SeriesSelector {
                 .get(&pair.key)
                 .is_some_and(|s| now.duration_since(s.last_active).unwrap_or_default() < self.config.stale_after);
             if busy || recently_selected {
-                ranked.push((self.score(&delta), &pair.key));
+                ranked.push((self.score(&delta), pair, delta, busy));
             }
         }
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
         ranked.truncate(self.config.top_k);
 
         let mut next: HashMap<FlowKey, Selected> = HashMap::with_capacity(ranked.len());
         let mut series = Vec::with_capacity(ranked.len() + 1);
         let mut in_series = FlowCounters::default();
         let mut delta_in_series = FlowCounters::default();
-        for (_, key) in &ranked {
-            let Some(pair) = table.get(key) else { continue };
-            let delta = pair
-                .counters
-                .saturating_sub(&self.previous.get(*key).cloned().unwrap_or_default());
+        for (_, pair, delta, busy) in ranked {
             delta_in_series.add(&delta);
-            let mut selected = self.selected.remove(*key).unwrap_or_else(|| Selected {
-                base: self.previous.get(*key).cloned().unwrap_or_default(),
+            let mut selected = self.selected.remove(&pair.key).unwrap_or_else(|| Selected {
+                base: self.previous.get(&pair.key).cloned().unwrap_or_default(),
                 start: self.last_export,
                 last_active: now,
             });
-            if delta.has_activity() || pair.counters.active > 0 {
+            if busy {
                 selected.last_active = now;
             }
             let values = pair.counters.saturating_sub(&selected.base);
             in_series.add(&values);
             series.push(Series {
-                key: Some(**key),
+                key: Some(pair.key),
                 process: pair.owner.comm.clone(),
                 start: selected.start,
                 values,
                 delta,
             });
-            next.insert(**key, selected);
+            next.insert(pair.key, selected);
         }
 
         let overflow_active = pairs

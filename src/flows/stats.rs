@@ -244,6 +244,14 @@ impl FlowCounters {
         }
     }
 
+    /// What was counted since `earlier` (everything, when there was no earlier snapshot).
+    pub fn since(&self, earlier: Option<&FlowCounters>) -> FlowCounters {
+        match earlier {
+            Some(earlier) => self.saturating_sub(earlier),
+            None => self.clone(),
+        }
+    }
+
     /// Adds the additive fields of `delta`; `active` is not touched.
     pub fn add(&mut self, delta: &FlowCounters) {
         self.bytes_sent += delta.bytes_sent;

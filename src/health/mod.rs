@@ -177,9 +177,7 @@ impl HealthEvaluator {
             if !in_scope(&pair.key) {
                 continue;
             }
-            let delta = pair
-                .counters
-                .saturating_sub(&self.previous.get(&pair.key).cloned().unwrap_or_default());
+            let delta = pair.counters.since(self.previous.get(&pair.key));
             next_previous.insert(pair.key, pair.counters.clone());
             if !delta.has_activity() {
                 continue;
