@@ -111,7 +111,7 @@ async fn deliver(
     while let Some(mut request) = rx.recv().await {
         let mut backoff = BACKOFF_START;
         loop {
-            match client.export(request.clone()).await {
+            match client.export(&request).await {
                 Ok(bytes) => {
                     stats.exports.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -128,7 +128,7 @@ async fn deliver(
                     if rx.is_closed() && rx.is_empty() {
                         // shutting down: one more try after the backoff, then give up
                         tokio::time::sleep(backoff.min(Duration::from_secs(1))).await;
-                        if client.export(request.clone()).await.is_ok() {
+                        if client.export(&request).await.is_ok() {
                             stats.exports.fetch_add(1, Ordering::Relaxed);
                         }
                         return;

@@ -142,8 +142,10 @@ impl OtlpClient {
         Ok(Self { inner })
     }
 
-    /// Sends one request; returns the bytes put on the wire (body after compression).
-    pub async fn export(&mut self, request: ExportMetricsServiceRequest) -> Result<usize, TransportError> {
+    /// Sends one request; returns the bytes put on the wire (body after compression). Borrowed,
+    /// so that the caller keeps it for retries without a copy per attempt (HTTP encodes straight
+    /// from it; gRPC needs one owned copy).
+    pub async fn export(&mut self, request: &ExportMetricsServiceRequest) -> Result<usize, TransportError> {
         match &mut self.inner {
             Inner::Grpc {
                 channel,
@@ -164,7 +166,7 @@ impl OtlpClient {
                             "the OTLP receiver does not accept gzip; sending uncompressed"
                         );
                         *client = MetricsServiceClient::new(channel.clone());
-                        let mut req = tonic::Request::new(request);
+                        let mut req = tonic::Request::new(request.clone());
                         *req.metadata_mut() = metadata.clone();
                         client
                             .export(req)
