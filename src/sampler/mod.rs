@@ -139,7 +139,6 @@ pub struct Sampler {
     namespaces: netns::Namespaces,
     overflow_seen: FlowCounters,
     target: CgroupTarget,
-    config: SamplerConfig,
 }
 
 impl Sampler {
@@ -206,16 +205,11 @@ impl Sampler {
             namespaces: netns::Namespaces::default(),
             overflow_seen: FlowCounters::default(),
             target,
-            config,
         })
     }
 
     pub fn target(&self) -> &CgroupTarget {
         &self.target
-    }
-
-    pub fn config(&self) -> &SamplerConfig {
-        &self.config
     }
 
     /// Walks live sockets, swaps the pair map, and drains the interval that just ended.
