@@ -9,6 +9,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::enrich::{MonitorSection, ResourcesSection};
 use crate::export::otlp::settings::{resolve, resolve_interval, resolve_temporality, OtlpSection, SettingsError};
 use crate::export::otlp::Temporality;
 use crate::export::prometheus::PrometheusSection;
@@ -47,6 +48,10 @@ pub struct Config {
     pub run: RunSection,
     pub export: ExportSection,
     pub health: HealthSection,
+    /// `[resources]`: networks, this host's placement, service lists.
+    pub resources: ResourcesSection,
+    /// `[[monitors]]`: named local/remote resource sets with rolled-up metrics and health.
+    pub monitors: Vec<MonitorSection>,
 }
 
 /// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
@@ -385,5 +390,63 @@ mod tests {
         assert!(err.to_string().contains("minimum of 100"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/flowtel.toml")), vars(&[])).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/flowtel.toml"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod resources_tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::enrich::monitors::{LocalSelector, RemoteSelector};
+
+    #[test]
+    fn networks_and_monitors_parse_from_toml() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(
+            br#"
+[resources.host]
+zone = "zone-a"
+region = "r1"
+
+[resources.networks]
+"10.0.1.0/24" = { name = "app-a", vpc = "vpc-1", zone = "zone-a", region = "r1" }
+"2001:db8:1::/64" = { name = "app-a6", zone = "zone-a" }
+
+[[monitors]]
+name = "app-a-out"
+local = [{ subnet = "app-a" }, { cidr = "10.0.0.0/8" }]
+remote = ["everywhere", { service = "S3" }]
+"#,
+        )
+        .expect("write");
+        let config = Config::load(Some(f.path()), Vec::new()).expect("loads");
+        assert_eq!(config.resources.networks.len(), 2);
+        assert_eq!(config.resources.networks["10.0.1.0/24"].vpc.as_deref(), Some("vpc-1"));
+        assert_eq!(config.resources.host.zone.as_deref(), Some("zone-a"));
+        let m = &config.monitors[0];
+        assert_eq!(
+            m.local,
+            vec![
+                LocalSelector::Subnet("app-a".into()),
+                LocalSelector::Cidr("10.0.0.0/8".into())
+            ]
+        );
+        assert_eq!(
+            m.remote,
+            vec![RemoteSelector::Everywhere, RemoteSelector::Service("S3".into())]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_selector_is_a_one_line_error() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(b"[[monitors]]\nname = \"m\"\nlocal = [{ subnett = \"a\" }]\nremote = [\"everywhere\"]\n")
+            .expect("write");
+        let err = Config::load(Some(f.path()), Vec::new())
+            .expect_err("rejected")
+            .to_string();
+        assert!(err.contains("subnett"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

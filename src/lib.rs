@@ -1,11 +1,13 @@
 //! flowtel: TCP flow pairs from the kernel, exported as OpenTelemetry metrics.
 //!
 //! The pipeline reads top to bottom: [`sampler`] (kernel) -> [`flows`] (pure table) ->
-//! [`monitor`] (one poll) -> [`report`]; [`agent`] wires tasks, [`config`] and [`cli`] are the
+//! [`monitor`] (one poll) -> [`enrich`] (resources, categories, monitors) -> [`health`] ->
+//! [`export`] and [`report`] / [`top`]; [`agent`] wires tasks, [`config`] and [`cli`] are the
 //! edge.
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod enrich;
 pub mod export;
 pub mod flows;
 pub mod health;

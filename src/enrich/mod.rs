@@ -1,0 +1,67 @@
+//! Flow pairs in the operator's terms: which network, VPC, zone, region or cloud service each end
+//! is ([`resources`], [`service_lists`], [`cloud_metadata`]), the pair's category, and which
+//! monitors it belongs to ([`monitors`]).
+//!
+//! Pure once built: the lists are read and the metadata service asked at startup only.
+pub mod cloud_metadata;
+pub mod monitors;
+mod prefixes;
+pub mod resources;
+pub mod service_lists;
+
+use std::sync::Arc;
+
+pub use monitors::{Monitor, MonitorError, MonitorSection};
+pub use prefixes::PrefixTable;
+pub use resources::{Category, Classifier, HostPlacement, PairContext, Placement, ResourcesError, ResourcesSection};
+
+use crate::flows::FlowKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error(transparent)]
+    Resources(#[from] ResourcesError),
+    #[error("invalid configuration: {0}")]
+    Monitor(#[from] MonitorError),
+}
+
+/// The classifier and the monitors, built once at startup.
+#[derive(Debug, Default, Clone)]
+pub struct Enricher {
+    classifier: Classifier,
+    monitors: Vec<Monitor>,
+}
+
+impl Enricher {
+    /// `detected` is what the metadata service said (if asked); `[resources.host]` wins over it.
+    pub fn new(
+        resources: &ResourcesSection,
+        detected: Option<HostPlacement>,
+        monitors: &[MonitorSection],
+    ) -> Result<Self, EnrichError> {
+        let host = detected.unwrap_or_default().overridden_by(&resources.host);
+        let classifier = Classifier::new(resources, host)?;
+        let monitors = monitors::compile(monitors, &classifier.known_names())?;
+        Ok(Self { classifier, monitors })
+    }
+
+    pub fn classify(&self, key: &FlowKey) -> PairContext {
+        self.classifier.classify(key)
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    pub fn monitors(&self) -> &[Monitor] {
+        &self.monitors
+    }
+
+    /// The names of the monitors a pair belongs to.
+    pub fn monitors_of<'a>(&'a self, key: &'a FlowKey, context: &'a PairContext) -> impl Iterator<Item = &'a Arc<str>> {
+        self.monitors
+            .iter()
+            .filter(move |m| m.matches(key, context))
+            .map(|m| &m.name)
+    }
+}
