@@ -62,7 +62,11 @@ fn main() {
     for round in 0..ROUNDS {
         let mut selector = SeriesSelector::new(SelectionConfig::default(), start);
         let began = Instant::now();
-        let frame = selector.select(&table, start + Duration::from_secs(30 * (round as u64 + 1)));
+        let frame = selector.select(
+            &table,
+            &flowtel::enrich::Enricher::default(),
+            start + Duration::from_secs(30 * (round as u64 + 1)),
+        );
         let request = encode(
             &frame,
             &AgentMetrics::default(),

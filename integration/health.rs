@@ -39,7 +39,11 @@ impl<'a> Observer<'a> {
             self.monitor.poll(Instant::now()).expect("poll");
         }
         let hub = self.hub;
-        self.eval.evaluate(self.monitor.table(), |k| hub.is_hub_side(k)).0
+        self.eval
+            .evaluate(self.monitor.table(), &flowtel::enrich::Enricher::default(), |k| {
+                hub.is_hub_side(k)
+            })
+            .0
     }
 }
 

@@ -6,22 +6,31 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::enrich::{cloud_metadata, Enricher};
 use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
 use crate::health::{GroupHealth, HealthEvaluator, Status, Transition};
 use crate::monitor::Monitor;
 use crate::process_stats;
-use crate::report::Snapshot;
+use crate::report::{Snapshot, TopRequest};
 
 /// How often a sleeping poll loop checks for shutdown.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
+/// Resources, service lists, monitors and (when asked) the cloud placement: read once at
+/// startup by every command.
+pub async fn enricher(config: &Config) -> anyhow::Result<Enricher> {
+    let detected = cloud_metadata::detect(&config.resources.cloud_metadata).await;
+    Ok(Enricher::new(&config.resources, detected, &config.monitors)?)
+}
+
 /// `flowtel run`: poll until a signal arrives, logging a summary now and then.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let enricher = Arc::new(enricher(&config).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
     let runtime = tokio::runtime::Handle::current();
-    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &loop_stop, &runtime));
+    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &enricher, &loop_stop, &runtime));
     tokio::select! {
         joined = &mut poller => return joined.context("poll loop panicked")?,
         signal = shutdown_signal() => signal?,
@@ -41,11 +50,16 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+fn run_loop(
+    config: &Config,
+    enricher: &Arc<Enricher>,
+    stop: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let export_config = config.export_config(|name| std::env::var(name).ok())?;
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
     let started = SystemTime::now();
-    let mut exporter = ExportPipeline::new(&export_config, started, runtime)?;
+    let mut exporter = ExportPipeline::new(&export_config, Arc::clone(enricher), started, runtime)?;
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
     let export_every = export_config.interval;
     let mut last_summary = Instant::now();
@@ -77,7 +91,7 @@ fn run_loop(config: &Config, stop: &AtomicBool, runtime: &tokio::runtime::Handle
         }
         if let Some(evaluator) = health.as_mut() {
             if now.duration_since(last_health) >= config.health.interval() {
-                let (latest, transitions) = evaluator.evaluate(monitor.table(), |_| true);
+                let (latest, transitions) = evaluator.evaluate(monitor.table(), enricher, |_| true);
                 transitions.iter().for_each(log_transition);
                 findings = latest;
                 last_health = now;
@@ -202,7 +216,12 @@ fn log_summary(monitor: &Monitor) {
 }
 
 /// `flowtel snapshot`: sample for `seconds`, then return the table.
-pub fn snapshot(config: &Config, seconds: f64) -> anyhow::Result<Snapshot> {
+pub fn snapshot(
+    config: &Config,
+    enricher: &Enricher,
+    seconds: f64,
+    top: Option<TopRequest>,
+) -> anyhow::Result<Snapshot> {
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds.max(0.0));
@@ -220,5 +239,7 @@ pub fn snapshot(config: &Config, seconds: f64) -> anyhow::Result<Snapshot> {
         monitor.stats(),
         started.elapsed().as_secs_f64(),
         cgroup,
+        enricher,
+        top,
     ))
 }

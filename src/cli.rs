@@ -5,6 +5,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::contributors::RankMetric;
+use crate::enrich::Category;
+use crate::report::TopRequest;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +36,16 @@ pub enum Command {
         /// Print JSON (one object per flow pair plus the agent's counters)
         #[arg(long)]
         json: bool,
+        /// Report only the N top contributors per category
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// What ranks the top contributors: bytes, retransmits, timeouts or rtt_p50
+        #[arg(long, value_name = "METRIC", default_value = "bytes", requires = "top")]
+        by: RankMetric,
+        /// Only this category: intra_zone, inter_zone, inter_vpc, inter_region, service, internet,
+        /// unclassified
+        #[arg(long, value_name = "CATEGORY", requires = "top")]
+        category: Option<Category>,
     },
 }
 
@@ -44,13 +57,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Run => crate::agent::run(config).await,
-        Command::Snapshot { seconds, json } => {
+        Command::Snapshot {
+            seconds,
+            json,
+            top,
+            by,
+            category,
+        } => {
             if !(0.0..=86_400.0).contains(&seconds) {
                 anyhow::bail!("--seconds must be between 0 and 86400, got {seconds}");
             }
-            let snapshot = tokio::task::spawn_blocking(move || crate::agent::snapshot(&config, seconds))
-                .await
-                .context("snapshot task panicked")??;
+            if top == Some(0) {
+                anyhow::bail!("--top must be at least 1");
+            }
+            let top = top.map(|limit| TopRequest { limit, by, category });
+            let enricher = crate::agent::enricher(&config).await?;
+            let snapshot =
+                tokio::task::spawn_blocking(move || crate::agent::snapshot(&config, &enricher, seconds, top))
+                    .await
+                    .context("snapshot task panicked")??;
             if json {
                 println!(
                     "{}",

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod contributors;
 pub mod enrich;
 pub mod export;
 pub mod flows;

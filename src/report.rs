@@ -4,14 +4,33 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use crate::contributors::{top_by_category, Contributor, RankMetric};
+use crate::enrich::{Category, Enricher, PairContext, Placement};
 use crate::flows::{ConnectFailure, FlowCounters, FlowPair, FlowTable, Log2Histogram, Owner, Phase};
 use crate::monitor::AgentStats;
+
+/// `--top N --by METRIC [--category C]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopRequest {
+    pub limit: usize,
+    pub by: RankMetric,
+    pub category: Option<Category>,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub seconds: f64,
     pub cgroup: String,
-    pub pairs: Vec<PairReport>,
+    /// Every pair (left out when a top-contributor list was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<Vec<PairReport>>,
+    /// The top contributors per category, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top: Option<TopReport>,
+    /// Each monitor's rollup over the pairs it selects.
+    pub monitors: Vec<MonitorReport>,
     /// Deltas that found no room in a map or the table: counted, without pair detail.
     pub overflow: CountersReport,
     pub evicted: CountersReport,
@@ -20,11 +39,33 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, Serialize)]
+pub struct TopReport {
+    pub by: RankMetric,
+    pub limit: usize,
+    /// Largest first, per category.
+    pub categories: BTreeMap<Category, Vec<PairReport>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MonitorReport {
+    pub name: String,
+    pub pairs: usize,
+    #[serde(flatten)]
+    pub counters: CountersReport,
+}
+
+#[derive(Debug, Serialize)]
 pub struct PairReport {
     pub local: IpAddr,
     pub remote: IpAddr,
     pub service_port: u16,
     pub role: &'static str,
+    pub category: Category,
+    /// Where each end sits, as far as `[resources]` says.
+    pub local_resource: Placement,
+    pub peer_resource: Placement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_service: Option<String>,
     #[serde(flatten)]
     pub counters: CountersReport,
     pub owner: Owner,
@@ -124,13 +165,17 @@ impl From<&Log2Histogram> for HistogramReport {
     }
 }
 
-impl From<&FlowPair> for PairReport {
-    fn from(p: &FlowPair) -> Self {
+impl PairReport {
+    fn new(p: &FlowPair, context: &PairContext) -> Self {
         Self {
             local: p.key.local,
             remote: p.key.remote,
             service_port: p.key.service_port,
             role: p.key.role.as_str(),
+            category: context.category,
+            local_resource: context.local.clone(),
+            peer_resource: context.peer.clone(),
+            peer_service: context.peer_service.as_deref().map(str::to_string),
             counters: (&p.counters).into(),
             owner: p.owner.clone(),
         }
@@ -138,11 +183,56 @@ impl From<&FlowPair> for PairReport {
 }
 
 impl Snapshot {
-    pub fn new(table: &FlowTable, agent: &AgentStats, seconds: f64, cgroup: String) -> Self {
+    pub fn new(
+        table: &FlowTable,
+        agent: &AgentStats,
+        seconds: f64,
+        cgroup: String,
+        enricher: &Enricher,
+        top: Option<TopRequest>,
+    ) -> Self {
+        let pairs = table.pairs();
+        let contexts: Vec<PairContext> = pairs.iter().map(|p| enricher.classify(&p.key)).collect();
+        let monitors = enricher
+            .monitors()
+            .iter()
+            .map(|m| {
+                let mut total = FlowCounters::default();
+                let mut n = 0;
+                for (p, c) in pairs.iter().zip(&contexts) {
+                    if m.matches(&p.key, c) {
+                        total.add(&p.counters);
+                        total.active += p.counters.active;
+                        n += 1;
+                    }
+                }
+                MonitorReport {
+                    name: m.name.to_string(),
+                    pairs: n,
+                    counters: (&total).into(),
+                }
+            })
+            .collect();
+        let report = |c: &Contributor<'_>| PairReport::new(c.pair, &c.context);
         Self {
             seconds,
             cgroup,
-            pairs: table.pairs().into_iter().map(PairReport::from).collect(),
+            pairs: top.is_none().then(|| {
+                pairs
+                    .iter()
+                    .zip(&contexts)
+                    .map(|(p, c)| PairReport::new(p, c))
+                    .collect()
+            }),
+            top: top.map(|t| TopReport {
+                by: t.by,
+                limit: t.limit,
+                categories: top_by_category(table, enricher, t.by, t.limit, t.category)
+                    .into_iter()
+                    .map(|(category, ranked)| (category, ranked.iter().map(report).collect()))
+                    .collect(),
+            }),
+            monitors,
             overflow: table.overflow().into(),
             evicted: table.evicted().into(),
             totals: table.totals().into(),
@@ -152,12 +242,19 @@ impl Snapshot {
 
     /// A text table, busiest pairs first.
     pub fn to_text(&self) -> String {
-        let mut pairs: Vec<&PairReport> = self.pairs.iter().collect();
-        pairs.sort_by_key(|p| std::cmp::Reverse(p.counters.bytes_sent + p.counters.bytes_received));
+        let mut pairs: Vec<&PairReport> = match (&self.pairs, &self.top) {
+            (Some(all), _) => all.iter().collect(),
+            (None, Some(top)) => top.categories.values().flatten().collect(),
+            (None, None) => Vec::new(),
+        };
+        if self.top.is_none() {
+            pairs.sort_by_key(|p| std::cmp::Reverse(p.counters.bytes_sent + p.counters.bytes_received));
+        }
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<6} {:<40} {:<40} {:>5} {:>12} {:>12} {:>7} {:>5} {:>6} {:>6} {:>9} {:<15}",
+            "{:<13} {:<6} {:<40} {:<40} {:>5} {:>12} {:>12} {:>7} {:>5} {:>6} {:>6} {:>9} {:<15}",
+            "CATEGORY",
             "ROLE",
             "LOCAL",
             "REMOTE",
@@ -171,7 +268,7 @@ impl Snapshot {
             "RTT_MEAN",
             "COMM"
         );
-        for p in pairs {
+        for p in &pairs {
             let c = &p.counters;
             let retrans = c.retransmits.syn + c.retransmits.established + c.retransmits.close;
             let rto = c.timeouts.syn + c.timeouts.established + c.timeouts.close;
@@ -183,10 +280,14 @@ impl Snapshot {
             let rtt = c.rtt.mean_us.map_or("-".to_string(), |us| format!("{:.0}us", us));
             let _ = writeln!(
                 out,
-                "{:<6} {:<40} {:<40} {:>5} {:>12} {:>12} {:>7} {:>5} {:>6} {:>6} {:>9} {:<15}",
+                "{:<13} {:<6} {:<40} {:<40} {:>5} {:>12} {:>12} {:>7} {:>5} {:>6} {:>6} {:>9} {:<15}",
+                p.category.as_str(),
                 p.role,
                 p.local.to_string(),
-                p.remote.to_string(),
+                match p.peer_resource.subnet.as_deref().or(p.peer_service.as_deref()) {
+                    Some(name) => format!("{} ({name})", p.remote),
+                    None => p.remote.to_string(),
+                },
                 p.service_port,
                 c.bytes_sent,
                 c.bytes_received,
@@ -198,11 +299,23 @@ impl Snapshot {
                 p.owner.comm.as_deref().unwrap_or("-"),
             );
         }
+        for m in &self.monitors {
+            let _ = writeln!(
+                out,
+                "monitor {}: {} pairs, {} bytes sent, {} received, {} retransmits, {} timeouts",
+                m.name,
+                m.pairs,
+                m.counters.bytes_sent,
+                m.counters.bytes_received,
+                m.counters.retransmits.syn + m.counters.retransmits.established + m.counters.retransmits.close,
+                m.counters.timeouts.syn + m.counters.timeouts.established + m.counters.timeouts.close,
+            );
+        }
         let a = &self.agent;
         let _ = writeln!(
             out,
             "{} pairs over {:.1}s on {}; pair map peak {}/{}; drops: pair_map_full={} sock_storage_failed={} listener_map_full={}",
-            self.pairs.len(),
+            pairs.len(),
             self.seconds,
             self.cgroup,
             a.pair_map_peak_entries,

@@ -87,8 +87,26 @@ mod tests {
 
     use super::*;
     use crate::export::otlp::{encode, names, Temporality};
-    use crate::export::{ExportFrame, Series};
+    use crate::export::{ExportFrame, Series, SeriesId};
     use crate::flows::{FlowCounters, FlowKey, Role};
+
+    fn context() -> std::sync::Arc<crate::enrich::PairContext> {
+        use crate::enrich::{Category, PairContext, Placement};
+        std::sync::Arc::new(PairContext {
+            category: Category::InterZone,
+            local: Placement {
+                subnet: Some("app-a".into()),
+                zone: Some("zone-a".into()),
+                ..Default::default()
+            },
+            peer: Placement {
+                subnet: Some("db".into()),
+                zone: Some("zone-b".into()),
+                ..Default::default()
+            },
+            peer_service: None,
+        })
+    }
 
     #[test]
     fn lines_parse_back_into_the_same_requests() {
@@ -109,7 +127,7 @@ mod tests {
             previous_time: t0,
             time: t0 + Duration::from_secs(30),
             series: vec![Series {
-                key: Some(key),
+                id: SeriesId::Pair(key, context()),
                 process: None,
                 start: t0,
                 values: counters.clone(),

@@ -7,4 +7,6 @@ pub mod prometheus;
 pub mod select;
 
 pub use pipeline::{ExportConfig, ExportError, ExportPipeline, ExportStats};
-pub use select::{ExportFrame, RankBy, SelectionConfig, Series, SeriesSelector, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
+pub use select::{
+    ExportFrame, RankBy, SelectionConfig, Series, SeriesId, SeriesSelector, DEFAULT_STALE_AFTER, DEFAULT_TOP_K,
+};

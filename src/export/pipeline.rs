@@ -2,6 +2,7 @@
 //! configured output. The agent calls [`ExportPipeline::export`] each interval and at shutdown.
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -13,6 +14,7 @@ use super::otlp::transport::TransportError;
 use super::otlp::{encode, resource, AgentMetrics, Temporality};
 use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
+use crate::enrich::Enricher;
 use crate::flows::FlowTable;
 use crate::health::GroupHealth;
 
@@ -52,6 +54,7 @@ pub struct ExportStats {
 
 pub struct ExportPipeline {
     selector: SeriesSelector,
+    enricher: Arc<Enricher>,
     resource: Resource,
     temporality: Temporality,
     file: Option<FileOutput>,
@@ -61,8 +64,14 @@ pub struct ExportPipeline {
 }
 
 impl ExportPipeline {
-    /// Opens the outputs. `now` starts the overflow series; `runtime` runs OTLP delivery.
-    pub fn new(config: &ExportConfig, now: SystemTime, runtime: &tokio::runtime::Handle) -> Result<Self, ExportError> {
+    /// Opens the outputs. `now` starts the overflow series; `runtime` runs OTLP delivery;
+    /// `enricher` names resources, defines monitors and places the host on the resource.
+    pub fn new(
+        config: &ExportConfig,
+        enricher: Arc<Enricher>,
+        now: SystemTime,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self, ExportError> {
         let file = config.file_path.as_deref().map(FileOutput::open).transpose()?;
         let otlp = config
             .otlp
@@ -76,7 +85,8 @@ impl ExportPipeline {
             .transpose()?;
         Ok(Self {
             selector: SeriesSelector::new(config.selection, now),
-            resource: (&resource::detect()).into(),
+            resource: (&resource::detect(enricher.classifier().host())).into(),
+            enricher,
             temporality: config.temporality,
             file,
             otlp,
@@ -98,7 +108,7 @@ impl ExportPipeline {
         health: &[GroupHealth],
         now: SystemTime,
     ) -> Result<(), ExportError> {
-        let frame = self.selector.select(table, now);
+        let frame = self.selector.select(table, &self.enricher, now);
         self.last_series = frame.series.len();
         if let Some(prometheus) = &self.prometheus {
             prometheus.update(&frame, health);

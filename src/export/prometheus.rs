@@ -14,8 +14,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use super::otlp::encode::health_attributes;
-use super::{ExportFrame, Series};
+use super::otlp::encode::{context_attributes, health_attributes};
+use super::{ExportFrame, Series, SeriesId};
 use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
 use crate::health::{GroupHealth, Status};
 
@@ -60,8 +60,8 @@ fn escape(value: &str) -> String {
 
 fn labels(series: &Series, extra: &[(&str, &str)]) -> String {
     let mut pairs: Vec<(String, String)> = vec![("network_transport".into(), "tcp".into())];
-    match &series.key {
-        Some(key) => {
+    match &series.id {
+        SeriesId::Pair(key, context) => {
             pairs.push((
                 "network_type".into(),
                 if key.local.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
@@ -73,8 +73,12 @@ fn labels(series: &Series, extra: &[(&str, &str)]) -> String {
             if let Some(p) = &series.process {
                 pairs.push(("process_executable_name".into(), p.clone()));
             }
+            for (k, v) in context_attributes(context) {
+                pairs.push((k.replace('.', "_"), v.to_string()));
+            }
         }
-        None => pairs.push(("flowtel_flow_overflow".into(), "true".into())),
+        SeriesId::Overflow => pairs.push(("flowtel_flow_overflow".into(), "true".into())),
+        SeriesId::Monitor(name) => pairs.push(("flowtel_monitor".into(), name.to_string())),
     }
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
@@ -378,6 +382,24 @@ mod tests {
     use super::*;
     use crate::flows::{FlowKey, Role};
 
+    fn context() -> std::sync::Arc<crate::enrich::PairContext> {
+        use crate::enrich::{Category, PairContext, Placement};
+        std::sync::Arc::new(PairContext {
+            category: Category::InterZone,
+            local: Placement {
+                subnet: Some("app-a".into()),
+                zone: Some("zone-a".into()),
+                ..Default::default()
+            },
+            peer: Placement {
+                subnet: Some("db".into()),
+                zone: Some("zone-b".into()),
+                ..Default::default()
+            },
+            peer_service: None,
+        })
+    }
+
     #[test]
     fn openmetrics_page_with_prometheus_names() {
         let mut values = FlowCounters {
@@ -400,14 +422,14 @@ mod tests {
             time: t,
             series: vec![
                 Series {
-                    key: Some(key),
+                    id: SeriesId::Pair(key, context()),
                     process: Some("cu\"rl".into()),
                     start: t,
                     values: values.clone(),
                     delta: values,
                 },
                 Series {
-                    key: None,
+                    id: SeriesId::Overflow,
                     process: None,
                     start: t,
                     values: FlowCounters::default(),
@@ -420,7 +442,9 @@ mod tests {
         assert!(page.contains(
             "flowtel_tcp_bytes_total{network_transport=\"tcp\",network_type=\"ipv4\",network_local_address=\"127.0.0.1\",\
              network_peer_address=\"127.0.0.1\",server_port=\"8080\",network_tcp_handshake_role=\"client\",\
-             process_executable_name=\"cu\\\"rl\",network_io_direction=\"transmit\"} 300\n"
+             process_executable_name=\"cu\\\"rl\",flowtel_flow_category=\"inter_zone\",flowtel_local_subnet=\"app-a\",\
+             flowtel_local_zone=\"zone-a\",flowtel_peer_subnet=\"db\",flowtel_peer_zone=\"zone-b\",\
+             network_io_direction=\"transmit\"} 300\n"
         ));
         assert!(page.contains("flowtel_tcp_bytes_total{network_transport=\"tcp\",flowtel_flow_overflow=\"true\",network_io_direction=\"receive\"} 0\n"));
         assert!(page.contains("flowtel_tcp_timeouts_total{"), "{page}");

@@ -11,8 +11,10 @@
 //!
 //! Pure: the table and the time are passed in.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::enrich::{Enricher, PairContext};
 use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable};
 
 /// Pairs exported with their own series per export.
@@ -61,10 +63,22 @@ impl Default for SelectionConfig {
     }
 }
 
-/// One exported series: a flow pair, or the overflow bucket (`key: None`).
+/// What one exported series stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeriesId {
+    /// A flow pair, with its resources and category.
+    Pair(FlowKey, Arc<PairContext>),
+    /// Every pair without a series of its own.
+    Overflow,
+    /// A monitor's rollup of every pair it selects. Not additive with the other series: a pair
+    /// counts in its own or the overflow series, and in each monitor it belongs to.
+    Monitor(Arc<str>),
+}
+
+/// One exported series.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Series {
-    pub key: Option<FlowKey>,
+    pub id: SeriesId,
     /// `process.executable.name`, where known.
     pub process: Option<String>,
     /// When this series started counting.
@@ -77,7 +91,17 @@ pub struct Series {
     pub delta: FlowCounters,
 }
 
-/// Everything one export sends: the selected pairs in rank order, then the overflow series.
+impl Series {
+    pub fn key(&self) -> Option<&FlowKey> {
+        match &self.id {
+            SeriesId::Pair(key, _) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Everything one export sends: the selected pairs in rank order, the overflow series, then one
+/// series per monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportFrame {
     /// The previous export, where this frame's deltas start.
@@ -88,12 +112,19 @@ pub struct ExportFrame {
 
 impl ExportFrame {
     pub fn overflow(&self) -> Option<&Series> {
-        self.series.iter().find(|s| s.key.is_none())
+        self.series.iter().find(|s| s.id == SeriesId::Overflow)
+    }
+
+    pub fn monitor(&self, name: &str) -> Option<&Series> {
+        self.series
+            .iter()
+            .find(|s| matches!(&s.id, SeriesId::Monitor(m) if &**m == name))
     }
 }
 
 #[derive(Debug, Clone)]
 struct Selected {
+    incarnation: u64,
     base: FlowCounters,
     start: SystemTime,
     last_active: SystemTime,
@@ -106,9 +137,11 @@ pub struct SeriesSelector {
     started: SystemTime,
     last_export: SystemTime,
     selected: HashMap<FlowKey, Selected>,
-    /// Each pair's cumulative counters at the last export, for interval deltas.
-    previous: HashMap<FlowKey, FlowCounters>,
+    /// Each pair's incarnation and cumulative counters at the last export, for interval deltas.
+    previous: HashMap<FlowKey, (u64, FlowCounters)>,
     previous_totals: FlowCounters,
+    /// Each monitor's cumulative counters since the agent started, by name.
+    rollups: HashMap<Arc<str>, FlowCounters>,
 }
 
 impl SeriesSelector {
@@ -120,7 +153,16 @@ impl SeriesSelector {
             selected: HashMap::new(),
             previous: HashMap::new(),
             previous_totals: FlowCounters::default(),
+            rollups: HashMap::new(),
         }
+    }
+
+    /// The pair's counters at the last export, if it is the same incarnation.
+    fn previous_of(&self, pair: &FlowPair) -> Option<&FlowCounters> {
+        self.previous
+            .get(&pair.key)
+            .filter(|(incarnation, _)| *incarnation == pair.incarnation)
+            .map(|(_, c)| c)
     }
 
     /// Rank of one interval's activity, compared as (primary, tie-breaker).
@@ -136,12 +178,25 @@ impl SeriesSelector {
         }
     }
 
-    pub fn select(&mut self, table: &FlowTable, now: SystemTime) -> ExportFrame {
+    /// One export's series. `enricher` names the pairs' resources and defines the monitors.
+    pub fn select(&mut self, table: &FlowTable, enricher: &Enricher, now: SystemTime) -> ExportFrame {
         let pairs = table.pairs();
-        // one interval delta per pair, reused for ranking, the series and the overflow
+        let monitors = enricher.monitors();
+        let mut monitor_delta: Vec<FlowCounters> = vec![FlowCounters::default(); monitors.len()];
+        let mut monitor_active: Vec<u64> = vec![0; monitors.len()];
+        // one interval delta per pair, reused for ranking, the series, the overflow and monitors
         let mut ranked: Vec<((u128, u128), &FlowPair, FlowCounters, bool)> = Vec::new();
         for pair in &pairs {
-            let delta = pair.counters.since(self.previous.get(&pair.key));
+            let delta = pair.counters.since(self.previous_of(pair));
+            if !monitors.is_empty() {
+                let context = enricher.classify(&pair.key);
+                for (i, m) in monitors.iter().enumerate() {
+                    if m.matches(&pair.key, &context) {
+                        monitor_delta[i].add(&delta);
+                        monitor_active[i] += pair.counters.active;
+                    }
+                }
+            }
             // pairs idle (no traffic, no live connection) for stale_after stop being exported
             let busy = delta.has_activity() || pair.counters.active > 0;
             let recently_selected = self
@@ -161,8 +216,14 @@ impl SeriesSelector {
         let mut delta_in_series = FlowCounters::default();
         for (_, pair, delta, busy) in ranked {
             delta_in_series.add(&delta);
-            let mut selected = self.selected.remove(&pair.key).unwrap_or_else(|| Selected {
-                base: self.previous.get(&pair.key).cloned().unwrap_or_default(),
+            // a pair evicted and seen again since its series began starts a new series
+            let earlier = self
+                .selected
+                .remove(&pair.key)
+                .filter(|s| s.incarnation == pair.incarnation);
+            let mut selected = earlier.unwrap_or_else(|| Selected {
+                incarnation: pair.incarnation,
+                base: self.previous_of(pair).cloned().unwrap_or_default(),
                 start: self.last_export,
                 last_active: now,
             });
@@ -172,7 +233,7 @@ impl SeriesSelector {
             let values = pair.counters.saturating_sub(&selected.base);
             in_series.add(&values);
             series.push(Series {
-                key: Some(pair.key),
+                id: SeriesId::Pair(pair.key, Arc::new(enricher.classify(&pair.key))),
                 process: pair.owner.comm.clone(),
                 start: selected.start,
                 values,
@@ -194,15 +255,31 @@ impl SeriesSelector {
             .saturating_sub(&delta_in_series);
         overflow_delta.active = overflow_active;
         series.push(Series {
-            key: None,
+            id: SeriesId::Overflow,
             process: None,
             start: self.started,
             values: overflow,
             delta: overflow_delta,
         });
+        for ((monitor, mut delta), active) in monitors.iter().zip(monitor_delta).zip(monitor_active) {
+            let total = self.rollups.entry(Arc::clone(&monitor.name)).or_default();
+            total.add(&delta);
+            total.active = active;
+            delta.active = active;
+            series.push(Series {
+                id: SeriesId::Monitor(Arc::clone(&monitor.name)),
+                process: None,
+                start: self.started,
+                values: total.clone(),
+                delta,
+            });
+        }
 
         self.selected = next;
-        self.previous = pairs.iter().map(|p| (p.key, p.counters.clone())).collect();
+        self.previous = pairs
+            .iter()
+            .map(|p| (p.key, (p.incarnation, p.counters.clone())))
+            .collect();
         self.previous_totals = table.totals().clone();
         let previous_time = std::mem::replace(&mut self.last_export, now);
         ExportFrame {
@@ -293,7 +370,7 @@ mod tests {
                 }
             }
             table.apply_poll(&deltas, &FlowCounters::default(), i0 + Duration::from_secs(interval));
-            let frame = selector.select(&table, t0 + Duration::from_secs(interval * 30));
+            let frame = selector.select(&table, &Enricher::default(), t0 + Duration::from_secs(interval * 30));
             assert!(frame.series.len() <= 6, "K pairs plus overflow");
             assert_eq!(
                 additive(&sum(&frame)),
@@ -311,13 +388,13 @@ mod tests {
             );
             totals_before = table.totals().clone();
             for s in &frame.series {
-                let id = (s.key, s.start);
+                let id = (s.key().copied(), s.start);
                 if let Some(before) = last.get(&id) {
                     let back = before.saturating_sub(&s.values);
                     assert!(
                         !back.has_activity(),
                         "interval {interval}: series {:?} went backwards",
-                        s.key
+                        s.key()
                     );
                 }
                 last.insert(id, s.values.clone());
@@ -343,19 +420,24 @@ mod tests {
             },
             t0,
         );
-        let frame = selector.select(&table, t0 + Duration::from_secs(30));
-        assert_eq!(frame.series[0].key, Some(key(2)), "the lossy pair wins the one slot");
+        let frame = selector.select(&table, &Enricher::default(), t0 + Duration::from_secs(30));
+        assert_eq!(frame.series[0].key(), Some(&key(2)), "the lossy pair wins the one slot");
         let overflow = frame.overflow().expect("overflow series");
         assert_eq!(overflow.values.bytes_sent, 5_000_000);
-        assert_eq!(overflow.key, None);
+        assert_eq!(overflow.id, SeriesId::Overflow);
 
         let by_bytes = SelectionConfig {
             top_k: 1,
             rank_by: RankBy::Bytes,
             ..Default::default()
         };
-        let frame = SeriesSelector::new(by_bytes, t0).select(&table, t0 + Duration::from_secs(30));
-        assert_eq!(frame.series[0].key, Some(key(1)), "ranked by bytes, the bulk pair wins");
+        let frame =
+            SeriesSelector::new(by_bytes, t0).select(&table, &Enricher::default(), t0 + Duration::from_secs(30));
+        assert_eq!(
+            frame.series[0].key(),
+            Some(&key(1)),
+            "ranked by bytes, the bulk pair wins"
+        );
     }
 
     #[test]
@@ -371,19 +453,19 @@ mod tests {
         let at = |n: u64| t0 + Duration::from_secs(30 * n);
 
         table.apply_poll(&[delta(1, 100, 0)], &FlowCounters::default(), i0);
-        let first = selector.select(&table, at(1));
+        let first = selector.select(&table, &Enricher::default(), at(1));
         assert_eq!(first.series.len(), 2);
         assert_eq!(first.series[0].start, t0);
         assert_eq!(first.series[0].values.bytes_sent, 100);
 
         table.apply_poll(&[], &FlowCounters::default(), i0);
-        let quiet = selector.select(&table, at(2));
+        let quiet = selector.select(&table, &Enricher::default(), at(2));
         assert_eq!(quiet.series.len(), 2, "idle for less than stale_after: still exported");
         assert_eq!((quiet.series[0].start, quiet.series[0].values.bytes_sent), (t0, 100));
         assert_eq!(quiet.series[0].delta.bytes_sent, 0);
 
         table.apply_poll(&[], &FlowCounters::default(), i0);
-        let idle = selector.select(&table, at(3));
+        let idle = selector.select(&table, &Enricher::default(), at(3));
         assert_eq!(idle.series.len(), 1, "only the overflow series while the pair is idle");
         assert_eq!(
             idle.overflow().map(|s| s.values.bytes_sent),
@@ -392,7 +474,7 @@ mod tests {
         );
 
         table.apply_poll(&[delta(1, 50, 0)], &FlowCounters::default(), i0);
-        let back = selector.select(&table, at(4));
+        let back = selector.select(&table, &Enricher::default(), at(4));
         assert_eq!(
             back.series[0].start,
             at(3),
@@ -428,7 +510,7 @@ mod tests {
             &FlowCounters::default(),
             Instant::now(),
         );
-        let frame = selector.select(&table, t0 + Duration::from_secs(30));
+        let frame = selector.select(&table, &Enricher::default(), t0 + Duration::from_secs(30));
         assert_eq!(frame.series.len(), 2);
         assert_eq!(frame.series[0].values.active, 3);
         assert_eq!(
@@ -437,7 +519,119 @@ mod tests {
             "the unselected pair's gauge"
         );
         table.apply_poll(&[quiet, other], &FlowCounters::default(), Instant::now());
-        let again = selector.select(&table, t0 + Duration::from_secs(60));
+        let again = selector.select(&table, &Enricher::default(), t0 + Duration::from_secs(60));
         assert_eq!(again.series[0].values.active, 3, "a gauge, not a running sum");
+    }
+}
+
+#[cfg(test)]
+mod monitor_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::enrich::monitors::{LocalSelector, RemoteSelector};
+    use crate::enrich::resources::{NetworkEntry, ResourcesSection};
+    use crate::enrich::{Category, MonitorSection};
+    use crate::flows::{FlowTableConfig, Owner, PairDelta, Role};
+
+    fn delta(peer: [u8; 4], bytes: u64, active: u64) -> PairDelta {
+        PairDelta {
+            key: FlowKey {
+                local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
+                remote: IpAddr::V4(Ipv4Addr::from(peer)),
+                service_port: 5432,
+                role: Role::Client,
+            },
+            counters: FlowCounters {
+                bytes_sent: bytes,
+                segs_sent: 1,
+                active,
+                ..Default::default()
+            },
+            owner: Owner::default(),
+        }
+    }
+
+    #[test]
+    fn monitors_roll_up_every_matching_pair_even_outside_the_top_k() {
+        let mut resources = ResourcesSection::default();
+        for (cidr, name, zone) in [("10.0.1.0/24", "app", "z1"), ("10.0.2.0/24", "db", "z2")] {
+            resources.networks.insert(
+                cidr.into(),
+                NetworkEntry {
+                    name: name.into(),
+                    vpc: None,
+                    zone: Some(zone.into()),
+                    region: None,
+                },
+            );
+        }
+        let monitors = vec![
+            MonitorSection {
+                name: "app-to-db".into(),
+                local: vec![LocalSelector::Subnet("app".into())],
+                remote: vec![RemoteSelector::Subnet("db".into())],
+            },
+            MonitorSection {
+                name: "idle".into(),
+                local: vec![LocalSelector::Subnet("db".into())],
+                remote: vec![RemoteSelector::Everywhere],
+            },
+        ];
+        let enricher = Enricher::new(&resources, None, &monitors).expect("enricher");
+        let t0 = SystemTime::UNIX_EPOCH;
+        let i0 = Instant::now();
+        let mut table = FlowTable::new(FlowTableConfig {
+            idle_timeout: Duration::from_secs(5),
+            ..Default::default()
+        });
+        let mut selector = SeriesSelector::new(
+            SelectionConfig {
+                top_k: 1,
+                rank_by: RankBy::Bytes,
+                ..Default::default()
+            },
+            t0,
+        );
+        table.apply_poll(
+            &[
+                delta([10, 0, 2, 5], 100, 1),
+                delta([10, 0, 2, 6], 50, 2),
+                delta([8, 8, 8, 8], 1000, 0),
+            ],
+            &FlowCounters::default(),
+            i0,
+        );
+        let first = selector.select(&table, &enricher, t0 + Duration::from_secs(30));
+        assert_eq!(first.series.len(), 1 + 1 + 2, "one pair, the overflow, two monitors");
+        let Some(SeriesId::Pair(_, context)) = first.series.first().map(|s| &s.id) else {
+            panic!("the top pair comes first")
+        };
+        assert_eq!(
+            context.category,
+            Category::Internet,
+            "the selected pair carries its category"
+        );
+        let m = first.monitor("app-to-db").expect("monitor series");
+        assert_eq!(
+            (m.values.bytes_sent, m.delta.bytes_sent, m.values.active),
+            (150, 150, 3),
+            "both db pairs, neither of them in the top 1"
+        );
+        assert_eq!(first.monitor("idle").map(|s| s.values.bytes_sent), Some(0));
+
+        // the pairs go idle and are evicted; the monitor's total stays
+        table.apply_poll(&[], &FlowCounters::default(), i0 + Duration::from_secs(1));
+        table.evict_idle(i0 + Duration::from_secs(60));
+        table.apply_poll(
+            &[delta([10, 0, 2, 5], 7, 0)],
+            &FlowCounters::default(),
+            i0 + Duration::from_secs(61),
+        );
+        let second = selector.select(&table, &enricher, t0 + Duration::from_secs(60));
+        let m = second.monitor("app-to-db").expect("monitor series");
+        assert_eq!((m.values.bytes_sent, m.delta.bytes_sent, m.values.active), (157, 7, 0));
+        assert_eq!(m.start, t0, "a monitor's series counts from the start");
     }
 }

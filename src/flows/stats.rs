@@ -124,6 +124,28 @@ impl Log2Histogram {
         None
     }
 
+    /// A quantile in seconds, interpolated log-linearly inside the power-of-two bucket that
+    /// holds it (bucket bounds alone would move only in factors of two).
+    pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0.0;
+        for (k, n) in self.buckets.iter().enumerate() {
+            let n = *n as f64;
+            if n > 0.0 && seen + n >= rank {
+                let upper = Self::bucket_upper_seconds(k);
+                let lower = upper / 2.0;
+                let fraction = ((rank - seen) / n).clamp(0.0, 1.0);
+                return Some(lower * (upper / lower).powf(fraction));
+            }
+            seen += n;
+        }
+        None
+    }
+
     /// `self - earlier`, field by field, for a histogram that only grows.
     pub fn saturating_sub(&self, earlier: &Log2Histogram) -> Log2Histogram {
         let mut out = Log2Histogram {

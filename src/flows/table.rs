@@ -43,6 +43,10 @@ pub struct FlowPair {
     pub owner: Owner,
     #[serde(skip)]
     pub last_active: Instant,
+    /// Distinguishes a pair evicted and seen again from its earlier self, whose counters it
+    /// does not continue: consumers keeping per-pair state compare it.
+    #[serde(skip)]
+    pub incarnation: u64,
 }
 
 /// What the table did, for the agent's own metrics.
@@ -64,6 +68,7 @@ pub struct FlowTable {
     evicted: FlowCounters,
     totals: FlowCounters,
     stats: FlowTableStats,
+    next_incarnation: u64,
 }
 
 impl FlowTable {
@@ -75,6 +80,7 @@ impl FlowTable {
             evicted: FlowCounters::default(),
             totals: FlowCounters::default(),
             stats: FlowTableStats::default(),
+            next_incarnation: 0,
         }
     }
 
@@ -109,7 +115,9 @@ impl FlowTable {
                         counters: FlowCounters::default(),
                         owner: Owner::default(),
                         last_active: now,
+                        incarnation: self.next_incarnation,
                     };
+                    self.next_incarnation += 1;
                     Self::merge(&mut pair, delta, owner, now);
                     self.pairs.insert(*key, pair);
                 }

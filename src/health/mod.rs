@@ -10,9 +10,11 @@ mod rules;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use rules::{HealthThresholds, Reason};
 
+use crate::enrich::Enricher;
 use crate::flows::{FlowCounters, FlowKey, FlowTable, Log2Histogram};
 use baseline::Baseline;
 
@@ -21,6 +23,8 @@ use baseline::Baseline;
 pub enum GroupId {
     /// Every flow in scope.
     Host,
+    /// The flows a configured monitor selects (tracked before any peer group).
+    Monitor(Arc<str>),
     /// The remote side of a set of flow pairs: peer address and service port.
     Peer { address: IpAddr, port: u16 },
 }
@@ -29,6 +33,7 @@ impl GroupId {
     pub fn scope(&self) -> &'static str {
         match self {
             GroupId::Host => "host",
+            GroupId::Monitor(_) => "monitor",
             GroupId::Peer { .. } => "peer",
         }
     }
@@ -38,6 +43,7 @@ impl std::fmt::Display for GroupId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GroupId::Host => write!(f, "host"),
+            GroupId::Monitor(name) => write!(f, "monitor {name}"),
             GroupId::Peer { address, port } => match address {
                 IpAddr::V6(a) => write!(f, "[{a}]:{port}"),
                 IpAddr::V4(a) => write!(f, "{a}:{port}"),
@@ -149,7 +155,8 @@ impl GroupState {
 pub struct HealthEvaluator {
     thresholds: HealthThresholds,
     groups: HashMap<GroupId, GroupState>,
-    previous: HashMap<FlowKey, FlowCounters>,
+    /// Each pair's incarnation and counters at the previous evaluation.
+    previous: HashMap<FlowKey, (u64, FlowCounters)>,
     /// Peer groups beyond `max_groups` are not tracked (counted here).
     pub untracked_groups: u64,
 }
@@ -165,10 +172,11 @@ impl HealthEvaluator {
     }
 
     /// One evaluation over the pairs of `table` that `in_scope` accepts, using what they
-    /// counted since the previous evaluation.
+    /// counted since the previous evaluation. `enricher` defines the monitor groups.
     pub fn evaluate(
         &mut self,
         table: &FlowTable,
+        enricher: &Enricher,
         in_scope: impl Fn(&FlowKey) -> bool,
     ) -> (Vec<GroupHealth>, Vec<Transition>) {
         let mut stats: HashMap<GroupId, IntervalStats> = HashMap::new();
@@ -177,12 +185,23 @@ impl HealthEvaluator {
             if !in_scope(&pair.key) {
                 continue;
             }
-            let delta = pair.counters.since(self.previous.get(&pair.key));
-            next_previous.insert(pair.key, pair.counters.clone());
+            let earlier = self
+                .previous
+                .get(&pair.key)
+                .filter(|(incarnation, _)| *incarnation == pair.incarnation)
+                .map(|(_, c)| c);
+            let delta = pair.counters.since(earlier);
+            next_previous.insert(pair.key, (pair.incarnation, pair.counters.clone()));
             if !delta.has_activity() {
                 continue;
             }
             stats.entry(GroupId::Host).or_default().add(&delta);
+            if !enricher.monitors().is_empty() {
+                let context = enricher.classify(&pair.key);
+                for name in enricher.monitors_of(&pair.key, &context) {
+                    stats.entry(GroupId::Monitor(Arc::clone(name))).or_default().add(&delta);
+                }
+            }
             stats
                 .entry(GroupId::Peer {
                     address: pair.key.remote,

@@ -123,7 +123,7 @@ pub(super) fn judge(t: &HealthThresholds, s: &IntervalStats, retrans: &Baseline,
     }
 
     let rtt_p50 = (s.rtt.count >= t.min_rtt_samples)
-        .then(|| quantile_seconds(&s.rtt, 0.5))
+        .then(|| s.rtt.quantile_seconds(0.5))
         .flatten();
     let mut rtt_ratio = None;
     if let Some(p50) = rtt_p50 {
@@ -160,26 +160,4 @@ pub(super) fn judge(t: &HealthThresholds, s: &IntervalStats, retrans: &Baseline,
         rtt_ratio,
         failure_ratio,
     }
-}
-
-/// A quantile in seconds, interpolated log-linearly inside the power-of-two bucket that holds
-/// it (bucket bounds alone would move only in factors of two).
-pub(super) fn quantile_seconds(h: &crate::flows::Log2Histogram, q: f64) -> Option<f64> {
-    let total: u64 = h.buckets.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q.clamp(0.0, 1.0) * total as f64;
-    let mut seen = 0.0;
-    for (k, n) in h.buckets.iter().enumerate() {
-        let n = *n as f64;
-        if n > 0.0 && seen + n >= rank {
-            let upper = crate::flows::Log2Histogram::bucket_upper_seconds(k);
-            let lower = upper / 2.0;
-            let fraction = ((rank - seen) / n).clamp(0.0, 1.0);
-            return Some(lower * (upper / lower).powf(fraction));
-        }
-        seen += n;
-    }
-    None
 }

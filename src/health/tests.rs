@@ -220,6 +220,6 @@ fn interpolated_p50_moves_smoothly() {
     for _ in 0..10 {
         h.record(10_000);
     }
-    let p50 = rules::quantile_seconds(&h, 0.5).expect("p50");
+    let p50 = h.quantile_seconds(0.5).expect("p50");
     assert!((0.008..=0.016).contains(&p50), "{p50}");
 }

@@ -15,7 +15,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::export::{ExportFrame, Series};
+use crate::enrich::PairContext;
+use crate::export::{ExportFrame, Series, SeriesId};
 use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
 use crate::health::{GroupHealth, GroupId, Status};
 
@@ -42,6 +43,17 @@ pub mod names {
     pub const OUTCOME: &str = "flowtel.tcp.connection.outcome";
     pub const ERROR_TYPE: &str = "error.type";
     pub const OVERFLOW: &str = "flowtel.flow.overflow";
+    pub const FLOW_CATEGORY: &str = "flowtel.flow.category";
+    pub const LOCAL_SUBNET: &str = "flowtel.local.subnet";
+    pub const LOCAL_VPC: &str = "flowtel.local.vpc";
+    pub const LOCAL_ZONE: &str = "flowtel.local.zone";
+    pub const LOCAL_REGION: &str = "flowtel.local.region";
+    pub const PEER_SUBNET: &str = "flowtel.peer.subnet";
+    pub const PEER_VPC: &str = "flowtel.peer.vpc";
+    pub const PEER_ZONE: &str = "flowtel.peer.zone";
+    pub const PEER_REGION: &str = "flowtel.peer.region";
+    pub const PEER_SERVICE: &str = "flowtel.peer.service";
+    pub const MONITOR: &str = "flowtel.monitor";
 
     pub const AGENT_FLOW_PAIRS: &str = "flowtel.agent.flow_pairs";
     pub const AGENT_PAIR_MAP_ENTRIES: &str = "flowtel.agent.pair_map.entries";
@@ -106,10 +118,34 @@ fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, any_value::Value::StringValue(value.into()))
 }
 
+/// The resource attributes of a pair: its category, then each end's placement where known.
+pub fn context_attributes(context: &PairContext) -> Vec<(&'static str, &str)> {
+    let mut attrs = vec![(names::FLOW_CATEGORY, context.category.as_str())];
+    for (end, placement) in [("local", &context.local), ("peer", &context.peer)] {
+        for (field, value) in placement.known() {
+            let key = match (end, field) {
+                ("local", "subnet") => names::LOCAL_SUBNET,
+                ("local", "vpc") => names::LOCAL_VPC,
+                ("local", "zone") => names::LOCAL_ZONE,
+                ("local", _) => names::LOCAL_REGION,
+                (_, "subnet") => names::PEER_SUBNET,
+                (_, "vpc") => names::PEER_VPC,
+                (_, "zone") => names::PEER_ZONE,
+                _ => names::PEER_REGION,
+            };
+            attrs.push((key, &**value));
+        }
+    }
+    if let Some(service) = &context.peer_service {
+        attrs.push((names::PEER_SERVICE, &**service));
+    }
+    attrs
+}
+
 fn series_attributes(series: &Series) -> Vec<KeyValue> {
     let mut attrs = vec![kv_str(names::NETWORK_TRANSPORT, "tcp")];
-    match &series.key {
-        Some(key) => {
+    match &series.id {
+        SeriesId::Pair(key, context) => {
             attrs.push(kv_str(
                 names::NETWORK_TYPE,
                 if key.local.is_ipv4() { "ipv4" } else { "ipv6" },
@@ -124,8 +160,10 @@ fn series_attributes(series: &Series) -> Vec<KeyValue> {
             if let Some(process) = &series.process {
                 attrs.push(kv_str(names::PROCESS_NAME, process.clone()));
             }
+            attrs.extend(context_attributes(context).into_iter().map(|(k, v)| kv_str(k, v)));
         }
-        None => attrs.push(kv(names::OVERFLOW, any_value::Value::BoolValue(true))),
+        SeriesId::Overflow => attrs.push(kv(names::OVERFLOW, any_value::Value::BoolValue(true))),
+        SeriesId::Monitor(name) => attrs.push(kv_str(names::MONITOR, &**name)),
     }
     attrs
 }
@@ -366,9 +404,13 @@ pub fn encode(
 /// attribution.
 pub fn health_attributes(h: &GroupHealth) -> Vec<(&'static str, String)> {
     let mut attrs = vec![(names::HEALTH_SCOPE, h.group.scope().to_string())];
-    if let GroupId::Peer { address, port } = &h.group {
-        attrs.push((names::PEER_ADDRESS, address.to_string()));
-        attrs.push((names::SERVER_PORT, port.to_string()));
+    match &h.group {
+        GroupId::Peer { address, port } => {
+            attrs.push((names::PEER_ADDRESS, address.to_string()));
+            attrs.push((names::SERVER_PORT, port.to_string()));
+        }
+        GroupId::Monitor(name) => attrs.push((names::MONITOR, name.to_string())),
+        GroupId::Host => {}
     }
     let reasons: Vec<&str> = h.reasons.iter().map(|r| r.as_str()).collect();
     attrs.push((
@@ -541,6 +583,24 @@ mod tests {
     use super::*;
     use crate::flows::{FlowKey, Role};
 
+    fn context() -> std::sync::Arc<crate::enrich::PairContext> {
+        use crate::enrich::{Category, PairContext, Placement};
+        std::sync::Arc::new(PairContext {
+            category: Category::InterZone,
+            local: Placement {
+                subnet: Some("app-a".into()),
+                zone: Some("zone-a".into()),
+                ..Default::default()
+            },
+            peer: Placement {
+                subnet: Some("db".into()),
+                zone: Some("zone-b".into()),
+                ..Default::default()
+            },
+            peer_service: None,
+        })
+    }
+
     fn frame() -> ExportFrame {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut pair = FlowCounters {
@@ -573,14 +633,14 @@ mod tests {
             time: t0 + Duration::from_secs(60),
             series: vec![
                 Series {
-                    key: Some(key),
+                    id: SeriesId::Pair(key, context()),
                     process: Some("psql".into()),
                     start: t0,
                     values: pair.clone(),
                     delta: pair,
                 },
                 Series {
-                    key: None,
+                    id: SeriesId::Overflow,
                     process: None,
                     start: t0,
                     values: overflow.clone(),
