@@ -5,6 +5,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::wait_attached;
+
 const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
 
 fn flowtel(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
@@ -133,22 +137,6 @@ fn snapshot_json_reports_a_connection_made_while_it_ran() {
         );
     }
     assert!(json["agent"]["pair_map_capacity"].as_u64().is_some_and(|c| c > 0));
-}
-
-/// Waits for the "sampler attached" log line of a child started with a piped stderr.
-fn wait_attached(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut line = String::new();
-    while !line.contains("sampler attached") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read stderr") > 0,
-            "flowtel exited before attaching"
-        );
-        assert!(Instant::now() < deadline, "no 'sampler attached' line");
-    }
-    stderr
 }
 
 #[test]

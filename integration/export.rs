@@ -6,8 +6,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::Reaped;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
 
@@ -59,15 +63,6 @@ fn free_port() -> u16 {
 }
 
 /// Kills the process when dropped, pass or fail.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A data point as rotel's debug log prints it.
 #[derive(Debug, Clone)]
 struct Point {

@@ -28,6 +28,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: sample every poll interval and log a periodic summary
     Run,
+    /// Live view of the busiest flow pairs, their categories and health (no collector needed)
+    Top {
+        /// Print one plain-text table after one refresh and exit
+        #[arg(long)]
+        once: bool,
+    },
     /// Sample for a while, then print the flow table
     Snapshot {
         /// How long to sample, in seconds
@@ -57,6 +63,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Run => crate::agent::run(config).await,
+        Command::Top { once } => crate::top::run(config, once).await,
         Command::Snapshot {
             seconds,
             json,

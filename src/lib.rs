@@ -16,3 +16,4 @@ pub mod monitor;
 pub mod process_stats;
 pub mod report;
 pub mod sampler;
+pub mod top;

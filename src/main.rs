@@ -8,7 +8,13 @@ async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("FLOWTEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| -> Box<dyn std::io::Write> {
+            if flowtel::top::TERMINAL_IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+                Box::new(std::io::sink())
+            } else {
+                Box::new(std::io::stderr())
+            }
+        })
         .init();
     let cli = flowtel::cli::Cli::parse();
     match flowtel::cli::execute(cli).await {

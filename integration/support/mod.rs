@@ -2,10 +2,11 @@
 //! namespaces joined by veth that are removed even when a test fails, and traffic endpoints.
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Child, ChildStderr, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -437,4 +438,31 @@ impl Drop for Traffic {
             let _ = t.join();
         }
     }
+}
+
+/// A child process killed and reaped when the test ends, pass or fail.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for the "sampler attached" log line of a child started with a piped stderr, and hands
+/// back the rest of its stderr.
+pub fn wait_attached(child: &mut Child) -> std::io::BufReader<ChildStderr> {
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while !line.contains("sampler attached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "flowtel exited before attaching"
+        );
+        assert!(Instant::now() < deadline, "no 'sampler attached' line");
+    }
+    stderr
 }
