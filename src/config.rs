@@ -450,3 +450,50 @@ remote = ["everywhere", { service = "S3" }]
         assert!(!err.contains('\n'), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::enrich::{Category, Enricher};
+    use crate::flows::{FlowKey, Role};
+
+    /// config/resources-example.toml loads, its monitors compile, and the categories its comments
+    /// promise are what flowtel decides.
+    #[test]
+    fn the_worked_resources_example_holds() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/resources-example.toml");
+        let mut config = Config::load(Some(&path), Vec::new()).expect("the example loads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list = dir.path().join("ip-ranges.json");
+        std::fs::write(
+            &list,
+            r#"{"prefixes":[
+              {"ip_prefix":"52.218.0.0/17","region":"eu-west-1","service":"AMAZON"},
+              {"ip_prefix":"52.218.0.0/17","region":"eu-west-1","service":"S3"},
+              {"ip_prefix":"52.94.24.0/23","region":"eu-west-1","service":"DYNAMODB"}],
+              "ipv6_prefixes":[]}"#,
+        )
+        .expect("write list");
+        config.resources.service_lists[0].path = list;
+        let enricher = Enricher::new(&config.resources, None, &config.monitors).expect("monitors compile");
+        assert_eq!(enricher.monitors().len(), 4);
+        let app = "10.20.10.5";
+        let category = |peer: &str| {
+            enricher
+                .classify(&FlowKey {
+                    local: app.parse().expect("ip"),
+                    remote: peer.parse().expect("ip"),
+                    service_port: 443,
+                    role: Role::Client,
+                })
+                .category
+        };
+        assert_eq!(category("10.20.20.7"), Category::IntraZone);
+        assert_eq!(category("10.20.21.7"), Category::InterZone);
+        assert_eq!(category("10.30.4.2"), Category::InterVpc);
+        assert_eq!(category("10.40.0.9"), Category::InterRegion);
+        assert_eq!(category("52.218.1.1"), Category::Service);
+        assert_eq!(category("140.82.112.3"), Category::Internet);
+        assert_eq!(category("192.168.9.9"), Category::Unclassified);
+    }
+}

@@ -223,3 +223,72 @@ fn interpolated_p50_moves_smoothly() {
     let p50 = h.quantile_seconds(0.5).expect("p50");
     assert!((0.008..=0.016).contains(&p50), "{p50}");
 }
+
+#[test]
+fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_peers() {
+    use std::time::Instant;
+
+    use crate::enrich::monitors::{LocalSelector, RemoteSelector};
+    use crate::enrich::resources::{NetworkEntry, ResourcesSection};
+    use crate::enrich::MonitorSection;
+    use crate::flows::{FlowTableConfig, Owner, PairDelta, Role};
+
+    let mut resources = ResourcesSection::default();
+    resources.networks.insert(
+        "10.0.2.0/24".into(),
+        NetworkEntry {
+            name: "db".into(),
+            vpc: None,
+            zone: None,
+            region: None,
+        },
+    );
+    let monitors = [MonitorSection {
+        name: "to-db".into(),
+        local: vec![LocalSelector::Cidr("10.0.0.0/8".into())],
+        remote: vec![RemoteSelector::Subnet("db".into())],
+    }];
+    let enricher = Enricher::new(&resources, None, &monitors).expect("enricher");
+    // room for the host and one more group: the monitor must get it, not a peer
+    let mut eval = HealthEvaluator::new(HealthThresholds {
+        max_groups: 2,
+        ..Default::default()
+    });
+    let mut table = FlowTable::new(FlowTableConfig::default());
+    let pair = |remote: [u8; 4], retrans: u64| PairDelta {
+        key: FlowKey {
+            local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
+            remote: IpAddr::V4(Ipv4Addr::from(remote)),
+            service_port: 5432,
+            role: Role::Client,
+        },
+        counters: FlowCounters {
+            segs_sent: 1000,
+            retrans: [0, retrans, 0],
+            ..Default::default()
+        },
+        owner: Owner::default(),
+    };
+    let monitor = GroupId::Monitor("to-db".into());
+    let mut statuses = Vec::new();
+    for i in 0..6u32 {
+        // the db pair loses 20% of its segments from the third interval on
+        let loss = if i >= 2 { 200 } else { 0 };
+        table.apply_poll(
+            &[pair([10, 0, 2, 9], loss), pair([10, 0, 3, 9], 0)],
+            &FlowCounters::default(),
+            Instant::now(),
+        );
+        let (findings, _) = eval.evaluate(&table, &enricher, |_| true);
+        let m = findings
+            .iter()
+            .find(|h| h.group == monitor)
+            .expect("the monitor is tracked");
+        assert_eq!(m.group.scope(), "monitor");
+        statuses.push(m.status);
+        assert!(!findings.iter().any(|h| matches!(h.group, GroupId::Peer { .. })));
+    }
+    assert_eq!(statuses[0], Status::Healthy);
+    assert_eq!(statuses[5], Status::Degraded, "{statuses:?}");
+    assert!(eval.untracked_groups > 0, "the peer groups were counted, not tracked");
+}
