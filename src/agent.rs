@@ -11,6 +11,7 @@ use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
 use crate::health::{GroupHealth, HealthEvaluator, Status, Transition};
 use crate::monitor::Monitor;
+use crate::probes::{self, AgentProbe};
 use crate::process_stats;
 use crate::report::{Snapshot, TopRequest};
 
@@ -26,11 +27,16 @@ pub async fn enricher(config: &Config) -> anyhow::Result<Enricher> {
 
 /// `flowtel run`: poll until a signal arrives, logging a summary now and then.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    // probes first: an orchestrator sees "starting" while the programs load
+    let probe = Arc::new(AgentProbe::new(config.poll_interval(), Instant::now()));
+    if config.probes.enabled {
+        probes::start(&config.probes, Arc::clone(&probe), &runtime)?;
+    }
     let enricher = Arc::new(enricher(&config).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
-    let runtime = tokio::runtime::Handle::current();
-    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &enricher, &loop_stop, &runtime));
+    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &enricher, &probe, &loop_stop, &runtime));
     tokio::select! {
         joined = &mut poller => return joined.context("poll loop panicked")?,
         signal = shutdown_signal() => signal?,
@@ -53,11 +59,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn run_loop(
     config: &Config,
     enricher: &Arc<Enricher>,
+    probe: &AgentProbe,
     stop: &AtomicBool,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let export_config = config.export_config(|name| std::env::var(name).ok())?;
     let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+    probe.attached();
     let started = SystemTime::now();
     let mut exporter = ExportPipeline::new(&export_config, Arc::clone(enricher), started, runtime)?;
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
@@ -74,6 +82,7 @@ fn run_loop(
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
         if let Err(e) = monitor.poll(now) {
+            probe.poll_failed(now);
             poll_failures += 1;
             // a persistent failure is logged at the 1st, 2nd, 4th, 8th... occurrence, not every poll
             if poll_failures.is_power_of_two() {
@@ -85,6 +94,7 @@ fn run_loop(
             }
             continue;
         }
+        probe.poll_succeeded(now);
         if now.duration_since(last_summary) >= summary_every {
             log_summary(&monitor);
             last_summary = now;

@@ -10,13 +10,16 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::enrich::{MonitorSection, ResourcesSection};
-use crate::export::otlp::settings::{resolve, resolve_interval, resolve_temporality, OtlpSection, SettingsError};
-use crate::export::otlp::Temporality;
+use crate::export::otlp::settings::{
+    resolve, resolve_histograms, resolve_interval, resolve_temporality, OtlpSection, SettingsError,
+};
+use crate::export::otlp::{HistogramFormat, Temporality};
 use crate::export::prometheus::PrometheusSection;
 use crate::export::select::{DEFAULT_FAILURE_WEIGHT, DEFAULT_RETRANSMIT_WEIGHT, DEFAULT_TIMEOUT_WEIGHT};
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
 use crate::health::HealthThresholds;
+use crate::probes::ProbesSection;
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
 
 const ENV_PREFIX: &str = "FLOWTEL_";
@@ -52,6 +55,8 @@ pub struct Config {
     pub resources: ResourcesSection,
     /// `[[monitors]]`: named local/remote resource sets with rolled-up metrics and health.
     pub monitors: Vec<MonitorSection>,
+    /// `[probes]`: /healthz and /readyz for orchestrators.
+    pub probes: ProbesSection,
 }
 
 /// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
@@ -99,6 +104,9 @@ pub struct ExportSection {
     pub failure_weight: u64,
     /// "cumulative" or "delta".
     pub temporality: Temporality,
+    /// OTLP histograms: "exponential" (exact, compact) or "explicit" (the /metrics bounds, for
+    /// pipelines that drop exponential histograms).
+    pub histograms: HistogramFormat,
     /// Append OTLP JSON lines to this file; unset: no file output.
     pub file_path: Option<PathBuf>,
     /// OTLP destination; OTEL_EXPORTER_OTLP_* variables override it.
@@ -118,6 +126,7 @@ impl Default for ExportSection {
             timeout_weight: DEFAULT_TIMEOUT_WEIGHT,
             failure_weight: DEFAULT_FAILURE_WEIGHT,
             temporality: Temporality::Cumulative,
+            histograms: HistogramFormat::Exponential,
             file_path: None,
             otlp: OtlpSection::default(),
             prometheus: PrometheusSection::default(),
@@ -290,6 +299,7 @@ impl Config {
         Ok(ExportConfig {
             selection: self.selection_config(),
             temporality: resolve_temporality(self.export.temporality, &env).map_err(invalid)?,
+            histograms: resolve_histograms(self.export.histograms, &env).map_err(invalid)?,
             interval: resolve_interval(Duration::from_secs(self.export.interval_secs), &env).map_err(invalid)?,
             file_path: self.export.file_path.clone(),
             otlp: resolve(&self.export.otlp, &env).map_err(invalid)?,

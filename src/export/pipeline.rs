@@ -11,7 +11,7 @@ use super::file::{FileOutput, FileOutputError};
 use super::otlp::sender::OtlpSender;
 use super::otlp::settings::OtlpSettings;
 use super::otlp::transport::TransportError;
-use super::otlp::{encode, resource, AgentMetrics, Temporality};
+use super::otlp::{encode, resource, AgentMetrics, Encoding, HistogramFormat, Temporality};
 use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
 use crate::enrich::Enricher;
@@ -25,6 +25,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
 pub struct ExportConfig {
     pub selection: SelectionConfig,
     pub temporality: Temporality,
+    pub histograms: HistogramFormat,
     pub interval: Duration,
     pub file_path: Option<PathBuf>,
     pub otlp: Option<OtlpSettings>,
@@ -56,7 +57,7 @@ pub struct ExportPipeline {
     selector: SeriesSelector,
     enricher: Arc<Enricher>,
     resource: Resource,
-    temporality: Temporality,
+    encoding: Encoding,
     file: Option<FileOutput>,
     otlp: Option<OtlpSender>,
     prometheus: Option<PrometheusOutput>,
@@ -87,7 +88,10 @@ impl ExportPipeline {
             selector: SeriesSelector::new(config.selection, now),
             resource: (&resource::detect(enricher.classifier().host())).into(),
             enricher,
-            temporality: config.temporality,
+            encoding: Encoding {
+                temporality: config.temporality,
+                histograms: config.histograms,
+            },
             file,
             otlp,
             prometheus,
@@ -118,7 +122,7 @@ impl ExportPipeline {
         agent.export_failures = stats.otlp_failures;
         agent.dropped.push(("export_superseded", stats.otlp_superseded));
         agent.dropped.push(("export_undelivered", stats.otlp_dropped));
-        let request = encode(&frame, &agent, health, &self.resource, self.temporality);
+        let request = encode(&frame, &agent, health, &self.resource, self.encoding);
         if let Some(file) = &mut self.file {
             file.write(&request)?;
         }

@@ -3,15 +3,11 @@
 //! the unit is a suffix (`flowtel_tcp_bytes_total`, `flowtel_tcp_rtt_seconds_bucket`).
 //! It serves the latest export (cumulative); the page is re-rendered at every export.
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 use super::otlp::encode::{context_attributes, health_attributes};
@@ -20,8 +16,6 @@ use crate::flows::{ConnectFailure, FlowCounters, Log2Histogram, Phase};
 use crate::health::{GroupHealth, Status};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
-/// Histogram buckets exported: units 2^5..2^28 of 2^-20 s, 30.5 us to 256 s, then +Inf.
-const BUCKETS: std::ops::RangeInclusive<usize> = 5..=28;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,17 +36,7 @@ impl Default for PrometheusSection {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PrometheusError {
-    #[error("export.prometheus.listen = {0} is not an address:port")]
-    Address(String),
-    #[error("cannot listen on {addr} for /metrics (port in use? change export.prometheus.listen)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub type PrometheusError = crate::http_server::ServeError;
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -125,7 +109,7 @@ fn histogram_family(
         let mut cumulative = 0;
         for (k, n) in h.buckets.iter().enumerate() {
             cumulative += n;
-            if BUCKETS.contains(&k) {
+            if Log2Histogram::EXPLICIT_BUCKETS.contains(&k) {
                 let le = format!("{}", Log2Histogram::bucket_upper_seconds(k));
                 let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(s, &[("le", le.as_str())]));
             }
@@ -307,44 +291,10 @@ pub struct PrometheusOutput {
 
 impl PrometheusOutput {
     pub fn start(section: &PrometheusSection, runtime: &tokio::runtime::Handle) -> Result<Self, PrometheusError> {
-        let addr: SocketAddr = section
-            .listen
-            .parse()
-            .map_err(|_| PrometheusError::Address(section.listen.clone()))?;
-        let std_listener =
-            std::net::TcpListener::bind(addr).map_err(|source| PrometheusError::Bind { addr, source })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|source| PrometheusError::Bind { addr, source })?;
+        let (listener, addr) = crate::http_server::bind("export.prometheus.listen", &section.listen)?;
         let page = Arc::new(RwLock::new("# EOF\n".to_string()));
         let served = Arc::clone(&page);
-        runtime.spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => return tracing::warn!(error = %e, "Prometheus endpoint could not start"),
-            };
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // out of file descriptors and the like: back off instead of spinning
-                        tracing::debug!(error = %e, "accepting a /metrics connection failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let page = Arc::clone(&served);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let page = Arc::clone(&page);
-                        async move { Ok::<_, std::convert::Infallible>(respond(&req, &page)) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        crate::http_server::serve(listener, runtime, "/metrics", move |req| respond(req, &served));
         tracing::info!(listen = %addr, "Prometheus endpoint on /metrics");
         Ok(Self { page })
     }

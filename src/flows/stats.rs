@@ -73,6 +73,26 @@ impl Log2Histogram {
     /// OpenTelemetry exponential-histogram index (scale 0, seconds) of bucket k is k + this.
     pub const OTEL_INDEX_OFFSET: i32 = -21;
 
+    /// Buckets exported with explicit bounds (Prometheus, OTLP explicit histograms): the upper
+    /// bounds of buckets 5..=28, 30.5 us to 256 s, then +Inf. The same `le` values on every path.
+    pub const EXPLICIT_BUCKETS: std::ops::RangeInclusive<usize> = 5..=28;
+
+    /// The explicit upper bounds in seconds.
+    pub fn explicit_bounds() -> Vec<f64> {
+        Self::EXPLICIT_BUCKETS.map(Self::bucket_upper_seconds).collect()
+    }
+
+    /// Counts per explicit bucket (not cumulative): one per bound, then the +Inf bucket.
+    pub fn explicit_counts(&self) -> Vec<u64> {
+        let first = *Self::EXPLICIT_BUCKETS.start();
+        let last = *Self::EXPLICIT_BUCKETS.end();
+        let mut counts = Vec::with_capacity(last - first + 2);
+        counts.push(self.buckets[..=first].iter().sum());
+        counts.extend_from_slice(&self.buckets[first + 1..=last]);
+        counts.push(self.buckets[last + 1..].iter().sum());
+        counts
+    }
+
     /// Upper bound in seconds of bucket `k`.
     pub fn bucket_upper_seconds(k: usize) -> f64 {
         (1u64 << k.min(63)) as f64 * Self::UNIT_SECONDS

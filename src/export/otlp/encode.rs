@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
-    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -88,6 +88,34 @@ pub struct AgentMetrics {
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
     pub rss_bytes: u64,
+}
+
+/// How histograms are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramFormat {
+    /// Base-2 exponential histograms at scale 0: exact, compact (the default).
+    #[default]
+    Exponential,
+    /// Explicit bounds, the same `le` values as flowtel's own /metrics (30.5 us .. 256 s): for
+    /// pipelines that drop exponential histograms, such as the Collector's Prometheus exporter.
+    Explicit,
+}
+
+/// How one request is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Encoding {
+    pub temporality: Temporality,
+    pub histograms: HistogramFormat,
+}
+
+impl From<Temporality> for Encoding {
+    fn from(temporality: Temporality) -> Self {
+        Self {
+            temporality,
+            histograms: HistogramFormat::default(),
+        }
+    }
 }
 
 /// How sums and histograms report over time.
@@ -191,6 +219,20 @@ fn number(point: &Point<'_>, extra: &[KeyValue], value: u64) -> NumberDataPoint 
     }
 }
 
+fn explicit_histogram(point: &Point<'_>, h: &Log2Histogram) -> Option<HistogramDataPoint> {
+    let count: u64 = h.buckets.iter().sum();
+    (count > 0).then(|| HistogramDataPoint {
+        attributes: point.attributes.clone(),
+        start_time_unix_nano: point.start,
+        time_unix_nano: point.time,
+        count,
+        sum: Some(h.sum_us as f64 / 1e6),
+        bucket_counts: h.explicit_counts(),
+        explicit_bounds: Log2Histogram::explicit_bounds(),
+        ..Default::default()
+    })
+}
+
 fn histogram(point: &Point<'_>, h: &Log2Histogram) -> Option<ExponentialHistogramDataPoint> {
     let first = h.buckets.iter().position(|n| *n > 0)?;
     let last = h.buckets.iter().rposition(|n| *n > 0)?;
@@ -225,20 +267,44 @@ fn sum_metric(name: &str, unit: &str, description: &str, temporality: i32, point
     }
 }
 
-fn histogram_metric(
-    name: &str,
-    description: &str,
-    temporality: i32,
-    points: Vec<ExponentialHistogramDataPoint>,
-) -> Metric {
+/// The points of one histogram metric, in the chosen format.
+enum HistogramPoints {
+    Exponential(Vec<ExponentialHistogramDataPoint>),
+    Explicit(Vec<HistogramDataPoint>),
+}
+
+impl HistogramPoints {
+    fn new(format: HistogramFormat) -> Self {
+        match format {
+            HistogramFormat::Exponential => Self::Exponential(Vec::new()),
+            HistogramFormat::Explicit => Self::Explicit(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, point: &Point<'_>, h: &Log2Histogram) {
+        match self {
+            Self::Exponential(v) => v.extend(histogram(point, h)),
+            Self::Explicit(v) => v.extend(explicit_histogram(point, h)),
+        }
+    }
+}
+
+fn histogram_metric(name: &str, description: &str, temporality: i32, points: HistogramPoints) -> Metric {
+    let data = match points {
+        HistogramPoints::Exponential(data_points) => metric::Data::ExponentialHistogram(ExponentialHistogram {
+            data_points,
+            aggregation_temporality: temporality,
+        }),
+        HistogramPoints::Explicit(data_points) => metric::Data::Histogram(Histogram {
+            data_points,
+            aggregation_temporality: temporality,
+        }),
+    };
     Metric {
         name: name.to_string(),
         description: description.to_string(),
         unit: "s".to_string(),
-        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
-            data_points: points,
-            aggregation_temporality: temporality,
-        })),
+        data: Some(data),
         ..Default::default()
     }
 }
@@ -249,8 +315,12 @@ pub fn encode(
     agent: &AgentMetrics,
     health: &[GroupHealth],
     resource: &Resource,
-    temporality: Temporality,
+    encoding: impl Into<Encoding>,
 ) -> ExportMetricsServiceRequest {
+    let Encoding {
+        temporality,
+        histograms,
+    } = encoding.into();
     let time = unix_nanos(frame.time);
     let temporality_code = match temporality {
         Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
@@ -281,8 +351,8 @@ pub fn encode(
     let mut timeouts = Vec::new();
     let mut connections = Vec::new();
     let mut active = Vec::new();
-    let mut rtt = Vec::new();
-    let mut connect = Vec::new();
+    let mut rtt = HistogramPoints::new(histograms);
+    let mut connect = HistogramPoints::new(histograms);
     for p in &points {
         let v = p.values;
         bytes.push(number(p, &[direction("transmit")], v.bytes_sent));
@@ -321,8 +391,8 @@ pub fn encode(
             start_time_unix_nano: 0,
             ..number(p, &[], p.active)
         });
-        rtt.extend(histogram(p, &v.rtt));
-        connect.extend(histogram(p, &v.connect_duration));
+        rtt.push(p, &v.rtt);
+        connect.push(p, &v.connect_duration);
     }
 
     let mut metrics = vec![
@@ -571,6 +641,7 @@ fn has_points(m: &Metric) -> bool {
         Some(metric::Data::Sum(s)) => !s.data_points.is_empty(),
         Some(metric::Data::Gauge(g)) => !g.data_points.is_empty(),
         Some(metric::Data::ExponentialHistogram(h)) => !h.data_points.is_empty(),
+        Some(metric::Data::Histogram(h)) => !h.data_points.is_empty(),
         _ => false,
     }
 }
@@ -805,6 +876,34 @@ mod tests {
         // index -16 at scale 0 is (2^-16, 2^-15] s = (15.3, 30.5] us: it holds the 30 us sample
         assert!(2f64.powi(-16) < 30e-6 && 30e-6 <= 2f64.powi(-15));
         assert!(2f64.powi(-10) < 1000e-6 && 1000e-6 <= 2f64.powi(-9));
+    }
+
+    #[test]
+    fn explicit_histograms_use_the_prometheus_bounds() {
+        let req = encode(
+            &frame(),
+            &AgentMetrics::default(),
+            &[],
+            &Resource::default(),
+            Encoding {
+                temporality: Temporality::Cumulative,
+                histograms: HistogramFormat::Explicit,
+            },
+        );
+        let Some(metric::Data::Histogram(h)) = &metric(&req, names::RTT).data else {
+            panic!("explicit histogram")
+        };
+        assert_eq!(h.data_points.len(), 1);
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds.len(), 24);
+        assert_eq!(p.bucket_counts.len(), 25, "one per bound, then +Inf");
+        assert_eq!(p.explicit_bounds[0], 32.0 / 1_048_576.0, "30.5 us");
+        assert_eq!(p.explicit_bounds[23], 256.0);
+        // 31 units (<= 32) is in the first bucket; 1048 units in (1024, 2048], bound index 6
+        assert_eq!(p.bucket_counts[0], 1);
+        assert_eq!(p.bucket_counts[6], 1);
+        assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
+        assert_eq!(p.sum, Some(0.00103));
     }
 
     #[test]

@@ -6,4 +6,4 @@ pub mod sender;
 pub mod settings;
 pub mod transport;
 
-pub use encode::{encode, names, AgentMetrics, Temporality};
+pub use encode::{encode, names, AgentMetrics, Encoding, HistogramFormat, Temporality};

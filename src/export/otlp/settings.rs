@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Temporality;
+use super::{HistogramFormat, Temporality};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,6 +72,8 @@ pub enum SettingsError {
     Millis { name: String, value: String },
     #[error("{name}={value} must be cumulative, delta or lowmemory")]
     Temporality { name: String, value: String },
+    #[error("{name}={value} must be base2_exponential_bucket_histogram or explicit_bucket_histogram")]
+    Histograms { name: String, value: String },
     #[error("{name} has a header without '=': {value} (expected key1=value1,key2=value2)")]
     Header { name: String, value: String },
     #[error("{name}={value} is below the 1000 ms minimum export interval")]
@@ -261,6 +263,21 @@ pub fn resolve_temporality(
     }
 }
 
+/// OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION over `export.histograms`.
+pub fn resolve_histograms(
+    configured: HistogramFormat,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<HistogramFormat, SettingsError> {
+    match var(&env, "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION") {
+        None => Ok(configured),
+        Some((name, value)) => match value.to_ascii_lowercase().as_str() {
+            "base2_exponential_bucket_histogram" => Ok(HistogramFormat::Exponential),
+            "explicit_bucket_histogram" => Ok(HistogramFormat::Explicit),
+            _ => Err(SettingsError::Histograms { name, value }),
+        },
+    }
+}
+
 /// OTEL_METRIC_EXPORT_INTERVAL (milliseconds) over the configured interval.
 pub fn resolve_interval(configured: Duration, env: impl Fn(&str) -> Option<String>) -> Result<Duration, SettingsError> {
     match var(&env, "OTEL_METRIC_EXPORT_INTERVAL") {
@@ -396,6 +413,31 @@ mod tests {
         assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]).contains("OTEL_EXPORTER_OTLP_TIMEOUT"));
         assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).contains("gzip or none"));
         assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).contains("novalue"));
+    }
+
+    #[test]
+    fn histogram_aggregation_from_the_environment() {
+        assert_eq!(
+            resolve_histograms(
+                HistogramFormat::Exponential,
+                env(&[(
+                    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+                    "explicit_bucket_histogram"
+                )])
+            )
+            .expect("valid"),
+            HistogramFormat::Explicit
+        );
+        assert_eq!(
+            resolve_histograms(HistogramFormat::Explicit, env(&[])).expect("unset"),
+            HistogramFormat::Explicit
+        );
+        let err = resolve_histograms(
+            HistogramFormat::Exponential,
+            env(&[("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "sparse")]),
+        )
+        .expect_err("invalid");
+        assert!(err.to_string().contains("explicit_bucket_histogram"), "{err}");
     }
 
     #[test]
