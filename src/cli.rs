@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: sample every poll interval and log a periodic summary
     Run,
+    /// Check the configuration (file, FLOWTEL_* and OTEL_* variables, resources, monitors)
+    /// without loading anything into the kernel
+    Check,
     /// Live view of the busiest flow pairs, their categories and health (no collector needed)
     Top {
         /// Print one plain-text table after one refresh and exit
@@ -63,6 +66,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Run => crate::agent::run(config).await,
+        Command::Check => {
+            config.export_config(|name| std::env::var(name).ok())?;
+            let enricher = crate::agent::enricher(&config).await?;
+            println!(
+                "configuration OK: {} networks, {} service prefixes, {} monitors",
+                config.resources.networks.len(),
+                enricher.classifier().service_prefixes(),
+                enricher.monitors().len()
+            );
+            Ok(())
+        }
         Command::Top { once } => crate::top::run(config, once).await,
         Command::Snapshot {
             seconds,

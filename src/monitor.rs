@@ -18,6 +18,8 @@ pub struct AgentStats {
     pub pair_map_peak_entries: usize,
     pub last_pair_map_entries: usize,
     pub namespaces_walked: usize,
+    /// Processes whose network namespace the walk could not enter.
+    pub namespaces_unreadable: usize,
     pub last_walk_us: u64,
     pub last_poll_us: u64,
 }
@@ -53,6 +55,7 @@ impl Monitor {
         s.last_pair_map_entries = sample.pair_map_entries;
         s.pair_map_peak_entries = s.pair_map_peak_entries.max(sample.pair_map_entries);
         s.namespaces_walked = sample.namespaces_walked;
+        s.namespaces_unreadable = sample.namespaces_unreadable;
         s.last_walk_us = duration_us(sample.walk_time);
         s.last_poll_us = duration_us(sample.poll_time);
         Ok(())

@@ -124,6 +124,8 @@ pub struct KernelSample {
     /// Entries the drained pair map held: its fill, against `pair_map_capacity`.
     pub pair_map_entries: usize,
     pub namespaces_walked: usize,
+    /// Processes whose network namespace could not be entered (no CAP_SYS_PTRACE).
+    pub namespaces_unreadable: usize,
     pub walk_time: Duration,
     pub poll_time: Duration,
 }
@@ -241,6 +243,7 @@ impl Sampler {
             counters,
             pair_map_entries,
             namespaces_walked,
+            namespaces_unreadable: self.namespaces.unreadable,
             walk_time,
             poll_time: started.elapsed(),
         })

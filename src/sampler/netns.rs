@@ -18,6 +18,9 @@ type NsId = (u64, u64);
 pub struct Namespaces {
     own: Option<NsId>,
     foreign: HashMap<NsId, File>,
+    /// Processes whose namespace could not be read at the last refresh (permission denied).
+    pub unreadable: usize,
+    warned: bool,
 }
 
 impl Namespaces {
@@ -27,6 +30,7 @@ impl Namespaces {
         let own = ns_id(Path::new("/proc/thread-self/ns/net"));
         self.own = own;
         let mut seen: HashMap<NsId, std::path::PathBuf> = HashMap::new();
+        let mut unreadable = 0;
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -34,10 +38,24 @@ impl Namespaces {
                     continue;
                 }
                 let path = entry.path().join("ns/net");
-                if let Some(id) = ns_id(&path) {
-                    seen.entry(id).or_insert(path);
+                match std::fs::metadata(&path) {
+                    Ok(meta) => {
+                        seen.entry((meta.dev(), meta.ino())).or_insert(path);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => unreadable += 1,
+                    // the process exited meanwhile
+                    Err(_) => {}
                 }
             }
+        }
+        self.unreadable = unreadable;
+        if unreadable > 0 && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                processes = unreadable,
+                "cannot enter the network namespace of some processes (permission denied): their \
+                 long-lived sockets are counted at close only; grant CAP_SYS_PTRACE or run as root"
+            );
         }
         if let Ok(entries) = std::fs::read_dir("/run/netns") {
             for entry in entries.flatten() {

@@ -526,7 +526,9 @@ fn health_metrics(health: &[GroupHealth], time: u64) -> Vec<Metric> {
     vec![
         gauge(
             names::HEALTH_STATUS,
-            "1",
+            // not "1": Prometheus translators suffix a unit-1 gauge with _ratio, and the name
+            // must be flowtel_health_status on every path
+            "{status}",
             "0 = healthy, 1 = degraded; groups without enough data are left out",
             known
                 .iter()
