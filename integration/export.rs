@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::Reaped;
+use support::{free_port, http_get, Reaped};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
 
@@ -55,14 +55,6 @@ fn start_rotel(grpc: u16, http: u16, log: &std::path::Path) -> Reaped {
     )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Kills the process when dropped, pass or fail.
 /// A data point as rotel's debug log prints it.
 #[derive(Debug, Clone)]
 struct Point {
@@ -272,14 +264,6 @@ fn otlp_grpc_into_a_real_collector() {
 #[test]
 fn otlp_http_protobuf_into_a_real_collector() {
     export_through("http/protobuf");
-}
-
-fn http_get(port: u16, path_and_query: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 #[test]

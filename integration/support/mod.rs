@@ -466,3 +466,26 @@ pub fn wait_attached(child: &mut Child) -> std::io::BufReader<ChildStderr> {
     }
     stderr
 }
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// GET on 127.0.0.1:`port`: the status code and the body.
+pub fn http_status(port: u16, path_and_query: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// GET on 127.0.0.1:`port`: the body, whatever the status.
+pub fn http_get(port: u16, path_and_query: &str) -> Option<String> {
+    http_status(port, path_and_query).map(|(_, body)| body)
+}
