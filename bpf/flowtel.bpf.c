@@ -15,6 +15,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "flowtel.h"
 
 #define AF_INET 2
@@ -30,10 +31,18 @@
 #define SOL_TCP 6
 
 /* Callback flags every socket we track gets. RTO and RETRANS fire only on loss events: they
- * give the exact phase of each retransmit without per-socket memory. STATE fires on every
- * state change (about 7 calls per connection, both ends) and is where the close fold happens. */
-#define FLOWTEL_CB_TRACKED \
-	(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG)
+ * give the exact phase of each retransmit without per-socket memory. They also mark the socket
+ * as ours (in the attached cgroup) for the close fold, which runs once per socket on the
+ * tcp_destroy_sock tracepoint: a STATE_CB flag would cost eight sock_ops calls per connection,
+ * more than the fold itself (README, "Performance"). */
+#define FLOWTEL_CB_TRACKED (BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG)
+/* A client's handshake only: a failed connect is classified at its SYN_SENT -> CLOSE transition,
+ * while the error is still on the socket (connect() hands it to the application and clears it
+ * before the socket is destroyed). Cleared at ACTIVE_ESTABLISHED: one STATE_CB call per
+ * successful connection. */
+#define FLOWTEL_CB_HANDSHAKE BPF_SOCK_OPS_STATE_CB_FLAG
+
+#define SEND_SHUTDOWN 2
 /* Marks a socket as the client end, for free: this callback only fires for packets that carry a
  * TCP option the kernel does not know, which normal traffic never does. */
 #define FLOWTEL_CB_CLIENT_MARK BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG
@@ -120,22 +129,32 @@ static __always_inline struct flowtel_pair_stats *overflow_stats(void)
 	return bpf_map_lookup_elem(&overflow, &zero);
 }
 
+/* Which pair map takes folds (0: pairs_a, 1: pairs_b). User space flips it, then updates the
+ * one-slot outer map pairs_active, which returns only after an RCU grace period: from then on no
+ * program still folds into the map it drains. Naming the two maps directly, instead of looking
+ * the active one up in pairs_active, lets the verifier inline the lookups. */
+volatile __u32 flowtel_active_b = 0;
+
 /* Lookup-or-insert in the active pair map; the overflow bucket when it is full. */
 static __noinline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
 {
 	struct flowtel_pair_stats *stats;
-	__u32 zero = 0;
-	void *pairs;
 
-	pairs = bpf_map_lookup_elem(&pairs_active, &zero);
-	if (!pairs)
-		return overflow_stats();
-	stats = bpf_map_lookup_elem(pairs, key);
-	if (stats)
-		return stats;
-	/* -EEXIST means another context inserted it first: fine, look it up again. */
-	bpf_map_update_elem(pairs, key, &flowtel_zero_stats, BPF_NOEXIST);
-	stats = bpf_map_lookup_elem(pairs, key);
+	/* -EEXIST from the update means another context inserted it first: fine, look it up
+	 * again. */
+	if (flowtel_active_b) {
+		stats = bpf_map_lookup_elem(&pairs_b, key);
+		if (stats)
+			return stats;
+		bpf_map_update_elem(&pairs_b, key, &flowtel_zero_stats, BPF_NOEXIST);
+		stats = bpf_map_lookup_elem(&pairs_b, key);
+	} else {
+		stats = bpf_map_lookup_elem(&pairs_a, key);
+		if (stats)
+			return stats;
+		bpf_map_update_elem(&pairs_a, key, &flowtel_zero_stats, BPF_NOEXIST);
+		stats = bpf_map_lookup_elem(&pairs_a, key);
+	}
 	if (stats)
 		return stats;
 	count(FLOWTEL_CTR_PAIR_MAP_FULL);
@@ -273,7 +292,7 @@ struct app_counts {
 /* Application bytes: the kernel's byte counters also count the SYN and FIN sequence slots.
  * bytes_acked includes the client's own SYN and, once acked, our FIN; bytes_received includes
  * the peer's FIN (SOCK_DONE marks that it arrived). */
-static __always_inline void app_counts(struct tcp_sock *tp, __u32 state, __u8 role,
+static __always_inline void app_counts(struct tcp_sock *tp, bool fin_sent, __u8 role,
 				       struct app_counts *out)
 {
 	__u64 acked = tp->bytes_acked;
@@ -282,7 +301,7 @@ static __always_inline void app_counts(struct tcp_sock *tp, __u32 state, __u8 ro
 
 	if (role == FLOWTEL_ROLE_CLIENT && acked > 0)
 		acked -= 1;
-	if (our_fin_sent(state) && tp->snd_una == tp->write_seq && acked > 0)
+	if (fin_sent && tp->snd_una == tp->write_seq && acked > 0)
 		acked -= 1;
 	if ((sk_flags & (1UL << SOCK_DONE)) && received > 0)
 		received -= 1;
@@ -341,15 +360,34 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 	struct flowtel_pair_stats *s;
 	struct bpf_sock *bsk = ctx->sk;
 	struct tcp_sock *tp;
+	__u32 pid;
 
-	track(ctx, FLOWTEL_CB_CLIENT_MARK);
+	track(ctx, FLOWTEL_CB_CLIENT_MARK | FLOWTEL_CB_HANDSHAKE);
+	/* a socket connecting again after tcp_disconnect(), which zeroed its counters: its next
+	 * close counts again, from zero */
+	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+	if (tp) {
+		struct flowtel_sock_reported *rep = bpf_sk_storage_get(&sock_reported, tp, 0, 0);
+
+		if (rep) {
+			rep->folded = 0;
+			rep->bytes_sent = 0;
+			rep->bytes_received = 0;
+			rep->segs_sent = 0;
+			rep->segs_received = 0;
+		}
+	}
 	/* connect() runs in the calling process: the one moment the owner is known for free.
 	 * The tuple is complete here (route and source port are chosen before this callback). */
 	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
 	s = pair_stats(&key);
 	if (!s)
 		return;
-		s->pid = bpf_get_current_pid_tgid() >> 32;
+	/* the owner rarely changes between connections of a pair: read it only when it does */
+	pid = bpf_get_current_pid_tgid() >> 32;
+	if (s->pid == pid && s->cgroup_id)
+		return;
+	s->pid = pid;
 	/* the process's name (its main thread's comm), not the calling thread's */
 	task = bpf_get_current_task_btf();
 	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->group_leader->comm);
@@ -410,6 +448,8 @@ static __always_inline void on_active_established(struct bpf_sock_ops *ctx)
 	__u32 srtt = ctx->srtt_us;
 	__u64 us;
 
+	/* the handshake is over: no more state callbacks for it */
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags & ~FLOWTEL_CB_HANDSHAKE);
 	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
 	s = pair_stats(&key);
 	if (!s)
@@ -520,44 +560,63 @@ static __always_inline __u32 failure_of(int sk_err)
 	}
 }
 
-static __always_inline void on_close(struct bpf_sock_ops *ctx)
+/* The pair key of a full socket through BTF. The local port comes from inet_sport: by the
+ * time a socket is destroyed, inet_put_port() has zeroed skc_num. */
+static __noinline void key_from_sock(struct sock *sk, struct flowtel_pair_key *key, __u8 role)
 {
-	struct flowtel_sock_reported *rep;
+	struct inet_sock *inet = (struct inet_sock *)sk;
+	__u32 l6[4] = {}, r6[4] = {};
+	__u16 family = sk->__sk_common.skc_family;
+
+	/* IPv6 addresses only for IPv6 sockets: most sockets are IPv4 */
+	if (family == AF_INET6) {
+		l6[0] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		l6[1] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		l6[2] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		l6[3] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+		r6[0] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[0];
+		r6[1] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[1];
+		r6[2] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
+		r6[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
+	}
+	build_key(key, family, l6, r6, sk->__sk_common.skc_rcv_saddr, sk->__sk_common.skc_daddr,
+		  bpf_ntohs(inet->inet_sport), bpf_ntohs(sk->__sk_common.skc_dport), role);
+}
+
+/* A tracked socket's final counters into its pair, minus what walks reported, and its outcome.
+ * `reset` says the caller saw a reset; otherwise an error on the socket means one. */
+static __always_inline void close_fold(struct tcp_sock *tp, bool reset)
+{
+	struct sock *sk = (struct sock *)tp;
 	struct flowtel_pair_key key = {};
+	struct flowtel_sock_reported *rep;
 	struct flowtel_pair_stats *s;
 	struct app_counts c = {};
-	struct bpf_sock *bsk;
-	struct tcp_sock *tp;
-	struct sock *sk;
-	__u32 old_state = ctx->args[0];
-	__u32 srtt = ctx->srtt_us;
-	__u32 cb_flags = ctx->bpf_sock_ops_cb_flags;
+	__u32 cb_flags = tp->bpf_sock_ops_cb_flags;
 	__u8 role = role_of_flags(cb_flags);
+	bool outcome_counted;
 	int sk_err;
 
-	bsk = ctx->sk;
-	if (!bsk)
-		return;
-	tp = bpf_skc_to_tcp_sock(bsk);
-	if (!tp) {
-		count(FLOWTEL_CTR_NO_TCP_SOCK);
-		return;
-	}
-	sk = (struct sock *)tp;
-	key_from_sock_ops(ctx, &key, role);
+	if ((cb_flags & FLOWTEL_CB_TRACKED) != FLOWTEL_CB_TRACKED)
+		return; /* not ours: outside the cgroup, or opened before the agent and never walked */
+	key_from_sock(sk, &key, role);
 	s = pair_stats(&key);
 	if (!s)
 		return;
-	s->cgroup_id = sock_cgroup_id(sk);
-	sk_err = tp->inet_conn.icsk_inet.sk.sk_err;
-
-	if (old_state == BPF_TCP_SYN_SENT || old_state == BPF_TCP_SYN_RECV) {
-		__sync_fetch_and_add(&s->conn_failed[failure_of(sk_err) % FLOWTEL_FAILURES], 1);
-		return;
-	}
-
-	app_counts(tp, old_state, role, &c);
+	/* one cgroup per pair and interval: the first socket's */
+	if (!s->cgroup_id)
+		s->cgroup_id = sock_cgroup_id(sk);
+	sk_err = sk->sk_err;
 	rep = bpf_sk_storage_get(&sock_reported, sk, 0, 0);
+	outcome_counted = rep && rep->folded;
+
+	/* a client whose SYN was never acked (bytes_acked counts the SYN) never connected: its
+	 * failure was counted at its SYN_SENT -> CLOSE state callback */
+	if (role == FLOWTEL_ROLE_CLIENT && !tp->bytes_acked && !outcome_counted)
+		return;
+	reset = reset || sk_err;
+	/* our FIN went out on a close without error (tcp_done also sets SEND_SHUTDOWN on a reset) */
+	app_counts(tp, !reset && (sk->sk_shutdown & SEND_SHUTDOWN), role, &c);
 	if (rep) {
 		c.bytes_sent = delta(c.bytes_sent, &rep->bytes_sent);
 		c.bytes_received = delta(c.bytes_received, &rep->bytes_received);
@@ -565,18 +624,32 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
 		c.segs_received = delta(c.segs_received, &rep->segs_received);
 	}
 	add_counts(s, &c);
-	add_srtt(s, srtt);
+	if (outcome_counted)
+		return;
+	add_srtt(s, tp->srtt_us);
 	if (role == FLOWTEL_ROLE_SERVER && !(rep && rep->established_counted))
 		__sync_fetch_and_add(&s->conn_established, 1);
-	/* tcp_disconnect() lets a socket connect again with zeroed counters: start over */
-	if (rep)
-		bpf_sk_storage_delete(&sock_reported, sk);
-	/* A normal close passes through the FIN states; an abort or a received RST goes straight
-	 * from ESTABLISHED or CLOSE_WAIT, or leaves an error on the socket. */
-	if (sk_err || old_state == BPF_TCP_ESTABLISHED || old_state == BPF_TCP_CLOSE_WAIT)
+	if (reset)
 		__sync_fetch_and_add(&s->conn_reset, 1);
 	else
 		__sync_fetch_and_add(&s->conn_closed, 1);
+}
+
+/* A connect that failed, at its SYN_SENT -> CLOSE transition, with the error still set. */
+static __always_inline void on_connect_failed(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct bpf_sock *bsk = ctx->sk;
+	struct tcp_sock *tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+
+	if (!tp)
+		return;
+	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
+	s = pair_stats(&key);
+	if (s)
+		__sync_fetch_and_add(&s->conn_failed[failure_of(tp->inet_conn.icsk_inet.sk.sk_err) %
+						    FLOWTEL_FAILURES], 1);
 }
 
 SEC("sockops")
@@ -595,9 +668,8 @@ int flowtel_sockops(struct bpf_sock_ops *ctx)
 		on_passive_established(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		/* tcp_set_state reports CLOSE -> CLOSE too: fold once */
-		if (ctx->args[1] == BPF_TCP_CLOSE && ctx->args[0] != BPF_TCP_CLOSE)
-			on_close(ctx);
+		if (ctx->args[0] == BPF_TCP_SYN_SENT && ctx->args[1] == BPF_TCP_CLOSE)
+			on_connect_failed(ctx);
 		break;
 	case BPF_SOCK_OPS_RETRANS_CB:
 		on_retrans(ctx);
@@ -611,6 +683,70 @@ int flowtel_sockops(struct bpf_sock_ops *ctx)
 		break;
 	}
 	return 1;
+}
+
+/* Once per socket, when it is destroyed: the close fold, for every tracked socket. One
+ * tracepoint call per socket instead of a STATE_CB call per state change. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(flowtel_destroy, struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (tp)
+		close_fold(tp, false);
+	return 0;
+}
+
+/* A reset sent by a socket already in CLOSE ends its connection: close() with unread data, or
+ * tcp_disconnect() (SO_LINGER 0, connect(AF_UNSPEC)), which then zeroes the counters before the
+ * socket is destroyed. A reset answering a stray segment does not end anything. */
+/* Folds a connection that a reset ended, now, and marks it so that its destruction adds only
+ * what it counts afterwards. Storage is created only here: resets are rare. */
+static __always_inline void reset_fold(struct tcp_sock *tp)
+{
+	struct flowtel_sock_reported *rep;
+
+	if ((tp->bpf_sock_ops_cb_flags & FLOWTEL_CB_TRACKED) != FLOWTEL_CB_TRACKED)
+		return;
+	rep = bpf_sk_storage_get(&sock_reported, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rep) {
+		count(FLOWTEL_CTR_SOCK_STORAGE_FAILED);
+		return;
+	}
+	if (rep->folded)
+		return;
+	/* the fold records the counters as reported: only later growth counts at destruction */
+	close_fold(tp, true);
+	rep->folded = 1;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(flowtel_reset_sent, struct sock *sk)
+{
+	struct tcp_sock *tp;
+
+	if (!sk || sk->__sk_common.skc_state != BPF_TCP_CLOSE)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		reset_fold(tp);
+	return 0;
+}
+
+/* A reset received ends the connection, and the application may read (and so clear) the error
+ * before it closes the socket. A reset to a SYN is a failed connect: the state callback counts
+ * it. */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(flowtel_reset_received, struct sock *sk)
+{
+	struct tcp_sock *tp;
+
+	if (!sk || sk->__sk_common.skc_state == BPF_TCP_SYN_SENT)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		reset_fold(tp);
+	return 0;
 }
 
 static __always_inline bool in_target_cgroup(struct sock *sk)
@@ -696,7 +832,7 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 	if (!s)
 		return 0;
 
-	app_counts(tp, state, role, &c);
+	app_counts(tp, our_fin_sent(state), role, &c);
 	c.bytes_sent = delta(c.bytes_sent, &rep->bytes_sent);
 	c.bytes_received = delta(c.bytes_received, &rep->bytes_received);
 	c.segs_sent = delta(c.segs_sent, &rep->segs_sent);

@@ -95,7 +95,9 @@ struct flowtel_sock_reported {
 	__u32 established_counted;
 	/* clients whose SYN was retransmitted: the first SYN's tcp timestamp (retrans_stamp) */
 	__u32 syn_start;
-	__u32 pad;
+	/* 1 once a reset folded the connection (its outcome counted) before tcp_disconnect()
+	 * zeroed the counters; cleared when the socket connects again */
+	__u32 folded;
 };
 
 struct flowtel_listener_key {

@@ -2,9 +2,10 @@
 # BPF cost per short connection, from the kernel's own accounting (kernel.bpf_stats_enabled):
 # ns per invocation, invocations per connection (both ends), BPF time per connection, for an
 # empty sock_ops program (the floor), flowtel's default, and flowtel with per-ACK RTT samples.
+# flowtel's figures sum its sock_ops program and its close folds (tp_btf tcp_destroy_sock, tcp_send_reset, tcp_receive_reset).
 # The arms run interleaved for ROUNDS rounds; medians with min..max are printed, since single
 # rounds swing by 10-20% on small VMs. Run as root.
-#   integration/bench/bpf_cost.sh [connections per round] [rounds]
+#   integration/bench/bpf_cost.sh [connections per round] [rounds]   (ARMS="default" to skip per_ack_rtt)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -30,7 +31,8 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 prog_stats() {
   bpftool prog show -j | python3 -c '
 import json, sys
-progs = [p for p in json.load(sys.stdin) if p.get("name") == sys.argv[1]]
+names = sys.argv[1].split(",")
+progs = [p for p in json.load(sys.stdin) if p.get("name") in names]
 print(sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs))' "$1"
 }
 
@@ -59,12 +61,12 @@ for round in $(seq "$ROUNDS"); do
   measure floor flowtel_floor none
   bpftool cgroup detach "$cgroup" sock_ops pinned "$pin"
   rm -f "$pin"; pin=""
-  for arm in default per_ack_rtt; do
+  for arm in ${ARMS:-default per_ack_rtt}; do
     FLOWTEL_SAMPLER__PER_ACK_RTT=$([ "$arm" = per_ack_rtt ] && echo true || echo false) \
       FLOWTEL_LOG=info "$BIN" run 2>"$work/agent.log" &
     agent_pid=$!
     for _ in $(seq 100); do grep -q "sampler attached" "$work/agent.log" && break; sleep 0.1; done
-    measure "$arm" flowtel_sockops flowtel_walk
+    measure "$arm" flowtel_sockops,flowtel_destroy,flowtel_reset_sent,flowtel_reset_received flowtel_walk
     kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
   done
   echo "round $round done" >&2
@@ -75,10 +77,12 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def fmt(values, digits):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})"
-print("| arm | rounds | conn/s (python churn) | sock_ops ns per call | calls per connection (both ends) | sock_ops us per connection | walk us per connection |")
+print("| arm | rounds | conn/s (python churn) | ns per call | calls per connection (both ends) | BPF us per connection | walk us per connection |")
 print("|---|---|---|---|---|---|---|")
 for arm in ["floor", "default", "per_ack_rtt"]:
     r = [x for x in rows if x["arm"] == arm]
+    if not r:
+        continue
     print(f"| {arm} | {len(r)} | {fmt([x['rate'] for x in r], 0)} | {fmt([x['ns'] / max(x['calls'], 1) for x in r], 0)} "
           f"| {fmt([x['calls'] / x['conns'] for x in r], 1)} | {fmt([x['ns'] / x['conns'] / 1000 for x in r], 2)} "
           f"| {fmt([x['walk_ns'] / x['conns'] / 1000 for x in r], 2)} |")

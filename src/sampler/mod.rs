@@ -135,6 +135,7 @@ pub struct KernelSample {
 pub struct Sampler {
     skel: FlowtelSkel<'static>,
     _sockops_link: Link,
+    _close_links: Vec<Link>,
     walk_link: Link,
     /// The inner pair map currently receiving folds: false = pairs_a.
     active_is_b: bool,
@@ -187,6 +188,18 @@ impl Sampler {
         let cgroup_dir = std::fs::File::open(&target.path).map_err(|_| SamplerError::CgroupPath {
             path: target.path.clone(),
         })?;
+        // the close folds first: a socket sock_ops tracks must never close unseen
+        let close_links = [
+            (&skel.progs.flowtel_destroy, "tp_btf/tcp_destroy_sock"),
+            (&skel.progs.flowtel_reset_sent, "tp_btf/tcp_send_reset"),
+            (&skel.progs.flowtel_reset_received, "tp_btf/tcp_receive_reset"),
+        ]
+        .into_iter()
+        .map(|(prog, hook)| {
+            prog.attach()
+                .map_err(|source| load_error(&format!("attaching the close fold to {hook}"), source))
+        })
+        .collect::<Result<Vec<Link>, _>>()?;
         let sockops_link = skel
             .progs
             .flowtel_sockops
@@ -202,6 +215,7 @@ impl Sampler {
         Ok(Self {
             skel,
             _sockops_link: sockops_link,
+            _close_links: close_links,
             walk_link,
             active_is_b: false,
             namespaces: netns::Namespaces::default(),
@@ -249,13 +263,23 @@ impl Sampler {
         })
     }
 
-    /// Points the one-slot outer map at the other inner map. The kernel returns from this
-    /// update only after an RCU grace period, so no program still holds the old map.
+    /// Points the programs at the other pair map: the flag in .bss first, then the outer map,
+    /// whose update returns only after an RCU grace period, so that no program still folds
+    /// into the map about to be drained.
     fn swap_pair_maps(&mut self) -> Result<(), SamplerError> {
-        let next = if self.active_is_b {
-            &self.skel.maps.pairs_a
-        } else {
+        let to_b = !self.active_is_b;
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .ok_or(SamplerError::Object("no .bss section"))?;
+        // SAFETY: an aligned u32 in the mmapped .bss that the programs read and never write.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!(bss.flowtel_active_b), u32::from(to_b)) };
+        let next = if to_b {
             &self.skel.maps.pairs_b
+        } else {
+            &self.skel.maps.pairs_a
         };
         let fd = next.as_fd().as_raw_fd();
         self.skel
@@ -266,7 +290,7 @@ impl Sampler {
                 what: "swapping the pair maps".into(),
                 source,
             })?;
-        self.active_is_b = !self.active_is_b;
+        self.active_is_b = to_b;
         Ok(())
     }
 

@@ -51,11 +51,19 @@ impl Namespaces {
         self.unreadable = unreadable;
         if unreadable > 0 && !self.warned {
             self.warned = true;
-            tracing::warn!(
-                processes = unreadable,
-                "cannot enter the network namespace of some processes (permission denied): their \
-                 long-lived sockets are counted at close only; grant CAP_SYS_PTRACE or run as root"
-            );
+            if has_sys_ptrace() {
+                // with CAP_SYS_PTRACE, only processes of another user namespace stay closed
+                tracing::debug!(
+                    processes = unreadable,
+                    "network namespaces not readable even with CAP_SYS_PTRACE"
+                );
+            } else {
+                tracing::warn!(
+                    processes = unreadable,
+                    "cannot enter the network namespace of some processes (permission denied): their \
+                     long-lived sockets are counted at close only; grant CAP_SYS_PTRACE"
+                );
+            }
         }
         if let Ok(entries) = std::fs::read_dir("/run/netns") {
             for entry in entries.flatten() {
@@ -110,6 +118,17 @@ impl Namespaces {
         });
         Ok(1 + walked.unwrap_or(0))
     }
+}
+
+fn has_sys_ptrace() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 fn ns_id(path: &Path) -> Option<NsId> {
