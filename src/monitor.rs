@@ -17,6 +17,8 @@ pub struct AgentStats {
     /// Most entries the pair map held in one interval.
     pub pair_map_peak_entries: usize,
     pub last_pair_map_entries: usize,
+    /// Polls that walked the sockets.
+    pub walks: u64,
     pub namespaces_walked: usize,
     /// Processes whose network namespace the walk could not enter.
     pub namespaces_unreadable: usize,
@@ -46,7 +48,12 @@ impl Monitor {
     /// One interval: drain the kernel, update the table, age out idle pairs.
     pub fn poll(&mut self, now: Instant) -> Result<(), SamplerError> {
         let sample = self.sampler.poll()?;
-        self.table.apply_poll(&sample.pairs, &sample.overflow, now);
+        if sample.walked {
+            self.table.apply_poll(&sample.pairs, &sample.overflow, now);
+        } else {
+            self.table
+                .apply_poll_between_walks(&sample.pairs, &sample.overflow, now);
+        }
         self.table.evict_idle(now);
         let s = &mut self.stats;
         s.counters = sample.counters;
@@ -54,9 +61,12 @@ impl Monitor {
         s.polls += 1;
         s.last_pair_map_entries = sample.pair_map_entries;
         s.pair_map_peak_entries = s.pair_map_peak_entries.max(sample.pair_map_entries);
-        s.namespaces_walked = sample.namespaces_walked;
-        s.namespaces_unreadable = sample.namespaces_unreadable;
-        s.last_walk_us = duration_us(sample.walk_time);
+        if sample.walked {
+            s.walks += 1;
+            s.namespaces_walked = sample.namespaces_walked;
+            s.namespaces_unreadable = sample.namespaces_unreadable;
+            s.last_walk_us = duration_us(sample.walk_time);
+        }
         s.last_poll_us = duration_us(sample.poll_time);
         Ok(())
     }

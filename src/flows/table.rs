@@ -92,8 +92,31 @@ impl FlowTable {
         kernel_overflow: &FlowCounters,
         now: Instant,
     ) {
-        for pair in self.pairs.values_mut() {
-            pair.counters.active = 0;
+        self.apply(deltas, kernel_overflow, now, true);
+    }
+
+    /// Adds the deltas of a poll that did not walk the sockets: the live-connection gauges keep
+    /// the last walk's values.
+    pub fn apply_poll_between_walks<'a>(
+        &mut self,
+        deltas: impl IntoIterator<Item = &'a PairDelta>,
+        kernel_overflow: &FlowCounters,
+        now: Instant,
+    ) {
+        self.apply(deltas, kernel_overflow, now, false);
+    }
+
+    fn apply<'a>(
+        &mut self,
+        deltas: impl IntoIterator<Item = &'a PairDelta>,
+        kernel_overflow: &FlowCounters,
+        now: Instant,
+        walked: bool,
+    ) {
+        if walked {
+            for pair in self.pairs.values_mut() {
+                pair.counters.active = 0;
+            }
         }
         for PairDelta {
             key,
@@ -104,7 +127,7 @@ impl FlowTable {
             self.totals.add(delta);
             let full = self.pairs.len() >= self.config.max_pairs;
             match self.pairs.get_mut(key) {
-                Some(pair) => Self::merge(pair, delta, owner, now),
+                Some(pair) => Self::merge(pair, delta, owner, now, walked),
                 None if full => {
                     self.overflow.add(delta);
                     self.stats.overflowed_deltas += 1;
@@ -118,7 +141,7 @@ impl FlowTable {
                         incarnation: self.next_incarnation,
                     };
                     self.next_incarnation += 1;
-                    Self::merge(&mut pair, delta, owner, now);
+                    Self::merge(&mut pair, delta, owner, now, walked);
                     self.pairs.insert(*key, pair);
                 }
             }
@@ -128,9 +151,11 @@ impl FlowTable {
         self.stats.pairs = self.pairs.len();
     }
 
-    fn merge(pair: &mut FlowPair, delta: &FlowCounters, owner: &Owner, now: Instant) {
+    fn merge(pair: &mut FlowPair, delta: &FlowCounters, owner: &Owner, now: Instant, walked: bool) {
         pair.counters.add(delta);
-        pair.counters.active = delta.active;
+        if walked {
+            pair.counters.active = delta.active;
+        }
         pair.owner.update(owner);
         if delta.has_activity() || delta.active > 0 {
             pair.last_active = now;
@@ -342,6 +367,24 @@ mod tests {
         );
         assert_eq!(table.get(&k).map(|p| p.counters.active), Some(0));
         assert_eq!(table.evict_idle(t0 + Duration::from_secs(60)), 1);
+    }
+
+    #[test]
+    fn polls_between_walks_keep_the_gauges_and_add_the_counts() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new(FlowTableConfig::default());
+        let none = Owner::default();
+        let (long, short) = (key(9, 5432, Role::Client), key(8, 80, Role::Client));
+        let walked = FlowCounters { active: 3, ..delta(10) };
+        table.apply_poll([&pd(long, walked, &none)], &FlowCounters::default(), t0);
+        // a poll without a walk: a short connection closed, the long-lived pair was not visited
+        table.apply_poll_between_walks([&pd(short, delta(5), &none)], &FlowCounters::default(), t0);
+        assert_eq!(table.get(&long).map(|p| p.counters.active), Some(3), "gauge kept");
+        assert_eq!(table.get(&short).map(|p| p.counters.active), Some(0));
+        assert_eq!(table.totals().bytes_sent, 15);
+        // the next walk sets every gauge again
+        table.apply_poll(std::iter::empty(), &FlowCounters::default(), t0);
+        assert_eq!(table.get(&long).map(|p| p.counters.active), Some(0));
     }
 
     #[test]

@@ -44,7 +44,7 @@ struct Session {
 
 impl Session {
     fn start(config: &Config, enricher: Enricher) -> anyhow::Result<Self> {
-        let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+        let mut monitor = Monitor::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?;
         let now = Instant::now();
         monitor.poll(now)?;
         let mut session = Self {
