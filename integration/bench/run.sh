@@ -67,6 +67,8 @@ cleanup() {
 }
 trap cleanup EXIT
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# tcplife and tcpstates attach classic tracepoints, which libbpf finds through tracefs
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 
 cat > "$work/empty.bpf.c" <<'C'
 #include "vmlinux.h"
@@ -109,9 +111,12 @@ start_arm() {
       bpftool cgroup attach "$cgroup" sock_ops pinned "$pin" multi ;;
     flowtel) rm -f "$work/export.jsonl"; start_flowtel ;;
     classic)
-      tcplife >/dev/null 2>&1 & classic_pids="$!"
-      tcpstates >/dev/null 2>&1 & classic_pids="$classic_pids $!"
-      sleep 1.5 ;;
+      tcplife >/dev/null 2>"$work/tcplife.err" & classic_pids="$!"
+      tcpstates >/dev/null 2>"$work/tcpstates.err" & classic_pids="$classic_pids $!"
+      sleep 1.5
+      for p in $classic_pids; do
+        kill -0 "$p" 2>/dev/null || { echo "a classic tool did not start:" >&2; cat "$work"/tcp*.err >&2; exit 1; }
+      done ;;
   esac
 }
 
