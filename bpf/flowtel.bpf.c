@@ -391,7 +391,6 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 	/* the process's name (its main thread's comm), not the calling thread's */
 	task = bpf_get_current_task_btf();
 	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->group_leader->comm);
-	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
 	if (tp)
 		s->cgroup_id = sock_cgroup_id((struct sock *)tp);
 }

@@ -122,6 +122,10 @@ impl ExportFrame {
     }
 }
 
+/// A pair in the running for a series: its score, its interval delta, whether it was busy, and
+/// its classification if the monitors already made it.
+type Ranked<'a> = ((u128, u128), &'a FlowPair, FlowCounters, bool, Option<Arc<PairContext>>);
+
 #[derive(Debug, Clone)]
 struct Selected {
     incarnation: u64,
@@ -185,17 +189,20 @@ impl SeriesSelector {
         let mut monitor_delta: Vec<FlowCounters> = vec![FlowCounters::default(); monitors.len()];
         let mut monitor_active: Vec<u64> = vec![0; monitors.len()];
         // one interval delta per pair, reused for ranking, the series, the overflow and monitors
-        let mut ranked: Vec<((u128, u128), &FlowPair, FlowCounters, bool)> = Vec::new();
+        // the classification, when monitors needed it, travels with the pair to its series
+        let mut ranked: Vec<Ranked<'_>> = Vec::new();
         for pair in &pairs {
             let delta = pair.counters.since(self.previous_of(pair));
+            let mut context = None;
             if !monitors.is_empty() {
-                let context = enricher.classify(&pair.key);
+                let c = enricher.classify(&pair.key);
                 for (i, m) in monitors.iter().enumerate() {
-                    if m.matches(&pair.key, &context) {
+                    if m.matches(&pair.key, &c) {
                         monitor_delta[i].add(&delta);
                         monitor_active[i] += pair.counters.active;
                     }
                 }
+                context = Some(Arc::new(c));
             }
             // pairs idle (no traffic, no live connection) for stale_after stop being exported
             let busy = delta.has_activity() || pair.counters.active > 0;
@@ -204,7 +211,7 @@ impl SeriesSelector {
                 .get(&pair.key)
                 .is_some_and(|s| now.duration_since(s.last_active).unwrap_or_default() < self.config.stale_after);
             if busy || recently_selected {
-                ranked.push((self.score(&delta), pair, delta, busy));
+                ranked.push((self.score(&delta), pair, delta, busy, context));
             }
         }
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
@@ -214,7 +221,7 @@ impl SeriesSelector {
         let mut series = Vec::with_capacity(ranked.len() + 1);
         let mut in_series = FlowCounters::default();
         let mut delta_in_series = FlowCounters::default();
-        for (_, pair, delta, busy) in ranked {
+        for (_, pair, delta, busy, context) in ranked {
             delta_in_series.add(&delta);
             // a pair evicted and seen again since its series began starts a new series
             let earlier = self
@@ -233,7 +240,10 @@ impl SeriesSelector {
             let values = pair.counters.saturating_sub(&selected.base);
             in_series.add(&values);
             series.push(Series {
-                id: SeriesId::Pair(pair.key, Arc::new(enricher.classify(&pair.key))),
+                id: SeriesId::Pair(
+                    pair.key,
+                    context.unwrap_or_else(|| Arc::new(enricher.classify(&pair.key))),
+                ),
                 process: pair.owner.comm.clone(),
                 start: selected.start,
                 values,

@@ -10,6 +10,8 @@ use std::path::Path;
 
 use super::SamplerError;
 
+const CAP_SYS_PTRACE: u32 = 19;
+
 /// A namespace identity: the nsfs inode (with its device, for safety).
 type NsId = (u64, u64);
 
@@ -51,7 +53,7 @@ impl Namespaces {
         self.unreadable = unreadable;
         if unreadable > 0 && !self.warned {
             self.warned = true;
-            if has_sys_ptrace() {
+            if super::preflight::has_capability(CAP_SYS_PTRACE) {
                 // with CAP_SYS_PTRACE, only processes of another user namespace stay closed
                 tracing::debug!(
                     processes = unreadable,
@@ -118,17 +120,6 @@ impl Namespaces {
         });
         Ok(1 + walked.unwrap_or(0))
     }
-}
-
-fn has_sys_ptrace() -> bool {
-    const CAP_SYS_PTRACE: u32 = 19;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 fn ns_id(path: &Path) -> Option<NsId> {

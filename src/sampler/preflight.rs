@@ -27,6 +27,14 @@ pub(super) fn check() -> Result<(), SamplerError> {
     Ok(())
 }
 
+/// Whether this process holds capability `bit` now (CapEff in /proc/self/status).
+pub(super) fn has_capability(bit: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
+}
+
 fn effective_caps(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()

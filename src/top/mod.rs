@@ -88,12 +88,6 @@ impl Session {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// `flowtel top [--once]`.
 pub async fn run(config: Config, once: bool) -> anyhow::Result<()> {
     let enricher = crate::agent::enricher(&config).await?;
@@ -126,7 +120,10 @@ fn print_once(mut session: Session) -> anyhow::Result<()> {
     std::thread::sleep(REFRESH);
     let mut model = TopModel::default();
     session.refresh(&mut model)?;
-    print!("{}", view::plain_text(&model, &host_name()));
+    print!(
+        "{}",
+        view::plain_text(&model, &crate::export::otlp::resource::host_name().unwrap_or_default())
+    );
     Ok(())
 }
 
@@ -140,7 +137,7 @@ fn interactive_loop(mut session: Session, stop: &AtomicBool) -> anyhow::Result<(
 }
 
 fn drive(terminal: &mut ratatui::DefaultTerminal, session: &mut Session, stop: &AtomicBool) -> anyhow::Result<()> {
-    let host = host_name();
+    let host = crate::export::otlp::resource::host_name().unwrap_or_default();
     let mut model = TopModel::default();
     let mut table_state = TableState::default();
     let mut next_refresh = Instant::now();

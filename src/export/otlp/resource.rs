@@ -48,7 +48,8 @@ fn build(
     }
 }
 
-fn host_name() -> Option<String> {
+/// The kernel's host name, as `host.name` and `flowtel top` show it.
+pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
