@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::enrich::{Enricher, PairContext};
-use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable};
+use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable, PairSnapshots};
 
 /// Pairs exported with their own series per export.
 pub const DEFAULT_TOP_K: usize = 1000;
@@ -142,7 +142,7 @@ pub struct SeriesSelector {
     last_export: SystemTime,
     selected: HashMap<FlowKey, Selected>,
     /// Each pair's incarnation and cumulative counters at the last export, for interval deltas.
-    previous: HashMap<FlowKey, (u64, FlowCounters)>,
+    previous: PairSnapshots,
     previous_totals: FlowCounters,
     /// Each monitor's cumulative counters since the agent started, by name.
     rollups: HashMap<Arc<str>, FlowCounters>,
@@ -155,18 +155,10 @@ impl SeriesSelector {
             started: now,
             last_export: now,
             selected: HashMap::new(),
-            previous: HashMap::new(),
+            previous: PairSnapshots::default(),
             previous_totals: FlowCounters::default(),
             rollups: HashMap::new(),
         }
-    }
-
-    /// The pair's counters at the last export, if it is the same incarnation.
-    fn previous_of(&self, pair: &FlowPair) -> Option<&FlowCounters> {
-        self.previous
-            .get(&pair.key)
-            .filter(|(incarnation, _)| *incarnation == pair.incarnation)
-            .map(|(_, c)| c)
     }
 
     /// Rank of one interval's activity, compared as (primary, tie-breaker).
@@ -192,7 +184,7 @@ impl SeriesSelector {
         // the classification, when monitors needed it, travels with the pair to its series
         let mut ranked: Vec<Ranked<'_>> = Vec::new();
         for pair in &pairs {
-            let delta = pair.counters.since(self.previous_of(pair));
+            let delta = pair.counters.since(self.previous.of(pair));
             let mut context = None;
             if !monitors.is_empty() {
                 let c = enricher.classify(&pair.key);
@@ -230,7 +222,7 @@ impl SeriesSelector {
                 .filter(|s| s.incarnation == pair.incarnation);
             let mut selected = earlier.unwrap_or_else(|| Selected {
                 incarnation: pair.incarnation,
-                base: self.previous_of(pair).cloned().unwrap_or_default(),
+                base: self.previous.of(pair).cloned().unwrap_or_default(),
                 start: self.last_export,
                 last_active: now,
             });
@@ -286,10 +278,7 @@ impl SeriesSelector {
         }
 
         self.selected = next;
-        self.previous = pairs
-            .iter()
-            .map(|p| (p.key, (p.incarnation, p.counters.clone())))
-            .collect();
+        self.previous = PairSnapshots::take(pairs.iter().copied());
         self.previous_totals = table.totals().clone();
         let previous_time = std::mem::replace(&mut self.last_export, now);
         ExportFrame {

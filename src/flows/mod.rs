@@ -9,5 +9,6 @@ mod table;
 pub use key::{FlowKey, Role};
 pub use stats::{ConnectFailure, FlowCounters, Log2Histogram, Owner, Phase, HIST_BUCKETS};
 pub use table::{
-    FlowPair, FlowTable, FlowTableConfig, FlowTableStats, PairDelta, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS,
+    FlowPair, FlowTable, FlowTableConfig, FlowTableStats, PairDelta, PairSnapshots, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_PAIRS,
 };

@@ -49,6 +49,36 @@ pub struct FlowPair {
     pub incarnation: u64,
 }
 
+/// Each pair's counters as an interval-reporting consumer (export, health, `top`) last saw
+/// them. A pair evicted and seen again is a new incarnation and counts from zero.
+#[derive(Debug, Default)]
+pub struct PairSnapshots(HashMap<FlowKey, (u64, FlowCounters)>);
+
+impl PairSnapshots {
+    /// The pair's counters at the last snapshot, if it is the same incarnation.
+    pub fn of(&self, pair: &FlowPair) -> Option<&FlowCounters> {
+        self.0
+            .get(&pair.key)
+            .filter(|(incarnation, _)| *incarnation == pair.incarnation)
+            .map(|(_, c)| c)
+    }
+
+    /// What the pair counted since the last snapshot.
+    pub fn since(&self, pair: &FlowPair) -> FlowCounters {
+        pair.counters.since(self.of(pair))
+    }
+
+    /// A snapshot of `pairs`, replacing the previous one.
+    pub fn take<'a>(pairs: impl IntoIterator<Item = &'a FlowPair>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|p| (p.key, (p.incarnation, p.counters.clone())))
+                .collect(),
+        )
+    }
+}
+
 /// What the table did, for the agent's own metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct FlowTableStats {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use rules::{HealthThresholds, Reason};
 
 use crate::enrich::Enricher;
-use crate::flows::{FlowCounters, FlowKey, FlowTable, Log2Histogram};
+use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable, Log2Histogram, PairSnapshots};
 use baseline::Baseline;
 
 /// The set of flows a health status describes.
@@ -156,7 +156,7 @@ pub struct HealthEvaluator {
     thresholds: HealthThresholds,
     groups: HashMap<GroupId, GroupState>,
     /// Each pair's incarnation and counters at the previous evaluation.
-    previous: HashMap<FlowKey, (u64, FlowCounters)>,
+    previous: PairSnapshots,
     /// Peer groups beyond `max_groups` are not tracked (counted here).
     pub untracked_groups: u64,
 }
@@ -166,7 +166,7 @@ impl HealthEvaluator {
         Self {
             thresholds,
             groups: HashMap::new(),
-            previous: HashMap::new(),
+            previous: PairSnapshots::default(),
             untracked_groups: 0,
         }
     }
@@ -180,18 +180,9 @@ impl HealthEvaluator {
         in_scope: impl Fn(&FlowKey) -> bool,
     ) -> (Vec<GroupHealth>, Vec<Transition>) {
         let mut stats: HashMap<GroupId, IntervalStats> = HashMap::new();
-        let mut next_previous = HashMap::new();
-        for pair in table.pairs() {
-            if !in_scope(&pair.key) {
-                continue;
-            }
-            let earlier = self
-                .previous
-                .get(&pair.key)
-                .filter(|(incarnation, _)| *incarnation == pair.incarnation)
-                .map(|(_, c)| c);
-            let delta = pair.counters.since(earlier);
-            next_previous.insert(pair.key, (pair.incarnation, pair.counters.clone()));
+        let pairs: Vec<&FlowPair> = table.pairs().into_iter().filter(|p| in_scope(&p.key)).collect();
+        for &pair in &pairs {
+            let delta = self.previous.since(pair);
             if !delta.has_activity() {
                 continue;
             }
@@ -210,7 +201,7 @@ impl HealthEvaluator {
                 .or_default()
                 .add(&delta);
         }
-        self.previous = next_previous;
+        self.previous = PairSnapshots::take(pairs.iter().copied());
         self.apply(stats)
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::enrich::{Category, Enricher};
-use crate::flows::{FlowCounters, FlowKey, FlowTable, Role};
+use crate::flows::{FlowCounters, FlowKey, FlowTable, PairSnapshots, Role};
 use crate::health::{GroupHealth, GroupId, Status};
 
 /// A table column; every one sorts.
@@ -286,7 +286,7 @@ impl TopModel {
 /// refresh for its rates.
 #[derive(Debug, Default)]
 pub struct RowBuilder {
-    previous: HashMap<FlowKey, (u64, FlowCounters)>,
+    previous: PairSnapshots,
 }
 
 impl RowBuilder {
@@ -325,15 +325,9 @@ impl RowBuilder {
             })
             .collect();
         let mut rows = Vec::new();
-        let mut next = HashMap::new();
-        for pair in table.pairs() {
-            let earlier = self
-                .previous
-                .get(&pair.key)
-                .filter(|(incarnation, _)| *incarnation == pair.incarnation)
-                .map(|(_, c)| c);
-            let delta = pair.counters.since(earlier);
-            next.insert(pair.key, (pair.incarnation, pair.counters.clone()));
+        let pairs = table.pairs();
+        for &pair in &pairs {
+            let delta = self.previous.since(pair);
             let context = enricher.classify(&pair.key);
             for (m, (row, total)) in monitors.iter().zip(monitor_rows.iter_mut()) {
                 if m.matches(&pair.key, &context) {
@@ -366,7 +360,7 @@ impl RowBuilder {
                 health,
             });
         }
-        self.previous = next;
+        self.previous = PairSnapshots::take(pairs.iter().copied());
         model.rows = rows;
         model.pairs_total = table.len();
         model.interval = interval;
