@@ -11,6 +11,7 @@ use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
 use crate::health::{GroupHealth, HealthEvaluator, Status, Transition};
 use crate::monitor::Monitor;
+use crate::privileges;
 use crate::probes::{self, AgentProbe};
 use crate::process_stats;
 use crate::report::{Snapshot, TopRequest};
@@ -36,9 +37,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let enricher = Arc::new(enricher(&config).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
-    let mut poller = tokio::task::spawn_blocking(move || run_loop(&config, &enricher, &probe, &loop_stop, &runtime));
+    // a thread of its own (not the runtime's): it inherits this thread's capabilities to load and
+    // attach, then lowers them itself
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("flowtel-poll".into())
+        .spawn(move || {
+            let result = run_loop(&config, &enricher, &probe, &loop_stop, &runtime);
+            let _ = done_tx.send(result);
+        })
+        .context("starting the poll thread")?;
+    let kept = privileges::drop_to(&[])?;
+    tracing::debug!(kept = privileges::names(&kept), "main thread dropped its capabilities");
+    let mut poller = done_rx;
     tokio::select! {
-        joined = &mut poller => return joined.context("poll loop panicked")?,
+        done = &mut poller => return done.context("poll loop panicked")?,
         signal = shutdown_signal() => signal?,
     }
     tracing::info!("shutting down");
@@ -68,6 +81,9 @@ fn run_loop(
     probe.attached();
     let started = SystemTime::now();
     let mut exporter = ExportPipeline::new(&export_config, Arc::clone(enricher), started, runtime)?;
+    // attached and every output open: from here on only the namespace walk needs privilege
+    let kept = privileges::drop_to(&privileges::POLL_THREAD_KEEPS)?;
+    tracing::info!(kept = privileges::names(&kept), "capabilities dropped after attaching");
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
     let export_every = export_config.interval;
     let mut last_summary = Instant::now();
@@ -171,6 +187,7 @@ fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
             ("sock_storage_failed", c.sock_storage_failed),
             ("listener_map_full", c.listener_map_full),
             ("flow_table_full", stats.table.overflowed_deltas),
+            ("flow_table_evicted_for_room", stats.table.evicted_for_room),
             ("undecodable_pair", c.undecodable_pairs),
         ],
         export_failures: 0,

@@ -58,6 +58,13 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// Whether the command gives up its capabilities once attached (the long-running agent).
+    pub fn drops_privileges(&self) -> bool {
+        matches!(self.command, Command::Run)
+    }
+}
+
 pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(cli.config.as_deref(), std::env::vars())?)
 }

@@ -1,6 +1,7 @@
 //! Configuration in layers: built-in defaults, then the TOML file given with --config, then
 //! `FLOWTEL_*` environment variables (`FLOWTEL_SAMPLER__POLL_INTERVAL_MS=500`). Unknown keys are
 //! errors: a typo must not silently fall back to a default.
+use crate::export::redact::PeerAddresses;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -115,6 +116,10 @@ pub struct ExportSection {
     pub otlp: OtlpSection,
     /// The opt-in Prometheus /metrics endpoint.
     pub prometheus: PrometheusSection,
+    /// Export peer addresses as keyed hashes (`hmac:...`) instead of addresses.
+    pub redact_peer_addresses: bool,
+    /// The hashing key, at least 16 characters; the same on hosts whose flows should join.
+    pub redact_key: Option<String>,
 }
 
 impl Default for ExportSection {
@@ -130,6 +135,8 @@ impl Default for ExportSection {
             temporality: Temporality::Cumulative,
             histograms: HistogramFormat::Exponential,
             file_path: None,
+            redact_peer_addresses: false,
+            redact_key: None,
             otlp: OtlpSection::default(),
             prometheus: PrometheusSection::default(),
         }
@@ -222,9 +229,15 @@ impl Config {
             if ENV_NOT_CONFIG.contains(&key.as_str()) || key.is_empty() {
                 continue;
             }
-            let value: Value = raw
-                .parse()
-                .unwrap_or_else(|never: std::convert::Infallible| match never {});
+            let value: Value = if raw.contains('\\') && !raw.is_ascii() {
+                // figment 0.10's unescaping indexes bytes by character count and panics on
+                // non-ASCII text before a backslash (found by integration/fuzz.rs): such a
+                // value is taken as the plain string it is
+                Value::from(raw)
+            } else {
+                raw.parse()
+                    .unwrap_or_else(|never: std::convert::Infallible| match never {})
+            };
             figment = figment.merge(EnvVar { name, key, value });
         }
         let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(one_line(&e)))?;
@@ -319,6 +332,8 @@ impl Config {
             file_path: self.export.file_path.clone(),
             otlp: resolve(&self.export.otlp, &env).map_err(invalid)?,
             prometheus: self.export.prometheus.enabled.then(|| self.export.prometheus.clone()),
+            peer_addresses: PeerAddresses::new(self.export.redact_peer_addresses, self.export.redact_key.as_deref())
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         })
     }
 
@@ -344,8 +359,37 @@ impl Provider for EnvVar {
     }
 }
 
+/// Keys whose values are secrets: an error about them names the key and the type it found,
+/// never the value.
+const SECRET_KEYS: [&str; 2] = ["headers", "redact_key"];
+
 fn one_line(e: &figment::Error) -> String {
-    e.to_string().lines().collect::<Vec<_>>().join("; ")
+    use figment::error::{Actual, Kind};
+    e.clone()
+        .into_iter()
+        .map(|mut err| {
+            if err.path.iter().any(|p| SECRET_KEYS.contains(&p.as_str())) {
+                let hidden = |actual: &Actual| {
+                    let shape = match actual {
+                        Actual::Str(_) => "a string",
+                        Actual::Bool(_) => "a boolean",
+                        Actual::Signed(_) | Actual::Unsigned(_) | Actual::Float(_) => "a number",
+                        Actual::Seq => "a list",
+                        Actual::Map => "a table",
+                        _ => "another type",
+                    };
+                    Actual::Other(format!("{shape} (value not shown: it is a secret)"))
+                };
+                err.kind = match err.kind {
+                    Kind::InvalidType(actual, expected) => Kind::InvalidType(hidden(&actual), expected),
+                    Kind::InvalidValue(actual, expected) => Kind::InvalidValue(hidden(&actual), expected),
+                    other => other,
+                };
+            }
+            err.to_string().lines().collect::<Vec<_>>().join("; ")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -391,6 +435,34 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flowtel.toml");
         let config = Config::load(Some(&path), vars(&[])).expect("config/flowtel.toml loads");
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn non_ascii_text_before_a_backslash_is_a_plain_value_not_a_panic() {
+        let config =
+            Config::load(None, vars(&[("FLOWTEL_EXPORT__FILE_PATH", "/tmp/\"Ⱥ\\x\"")])).expect("a path is any string");
+        assert_eq!(config.export.file_path.as_deref(), Some(Path::new("/tmp/\"Ⱥ\\x\"")));
+        let err =
+            Config::load(None, vars(&[("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "\"Ⱥ\\\"")])).expect_err("not a number");
+        assert!(err.to_string().contains("poll_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn errors_about_secrets_never_show_the_value() {
+        let f = file("[export.otlp]\nheaders = \"Bearer s3cret-token\"\n");
+        let err = Config::load(Some(f.path()), vars(&[]))
+            .expect_err("not a table")
+            .to_string();
+        assert!(err.contains("headers") && err.contains("a string"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = Config::load(
+            None,
+            vars(&[("FLOWTEL_EXPORT__REDACT_KEY", "[\"s3cret-key-material\"]")]),
+        )
+        .expect_err("not a string")
+        .to_string();
+        assert!(err.contains("redact_key"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

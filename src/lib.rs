@@ -14,6 +14,7 @@ pub mod flows;
 pub mod health;
 pub mod http_server;
 pub mod monitor;
+pub mod privileges;
 pub mod probes;
 pub mod process_stats;
 pub mod report;

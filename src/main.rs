@@ -3,8 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("FLOWTEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -19,7 +18,20 @@ async fn main() -> ExitCode {
         })
         .init();
     let cli = flowtel::cli::Cli::parse();
-    match flowtel::cli::execute(cli).await {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if cli.drops_privileges() {
+        // the runtime's threads serve HTTP and send OTLP: they never need a capability
+        runtime.on_thread_start(flowtel::privileges::drop_runtime_thread);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flowtel: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(flowtel::cli::execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // one line: the error and its causes

@@ -124,6 +124,7 @@ mod tests {
             role: Role::Server,
         };
         let frame = ExportFrame {
+            peer_addresses: Default::default(),
             previous_time: t0,
             time: t0 + Duration::from_secs(30),
             series: vec![Series {

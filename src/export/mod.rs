@@ -4,6 +4,7 @@ pub mod file;
 pub mod otlp;
 pub mod pipeline;
 pub mod prometheus;
+pub mod redact;
 pub mod select;
 
 pub use pipeline::{ExportConfig, ExportError, ExportPipeline, ExportStats};

@@ -1,5 +1,6 @@
 //! One export: select series from the flow table, encode them once, hand them to every
 //! configured output. The agent calls [`ExportPipeline::export`] each interval and at shutdown.
+use super::redact::PeerAddresses;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct ExportConfig {
     pub file_path: Option<PathBuf>,
     pub otlp: Option<OtlpSettings>,
     pub prometheus: Option<PrometheusSection>,
+    pub peer_addresses: PeerAddresses,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ pub struct ExportPipeline {
     otlp: Option<OtlpSender>,
     prometheus: Option<PrometheusOutput>,
     last_series: usize,
+    peer_addresses: PeerAddresses,
 }
 
 impl ExportPipeline {
@@ -96,6 +99,7 @@ impl ExportPipeline {
             otlp,
             prometheus,
             last_series: 0,
+            peer_addresses: config.peer_addresses,
         })
     }
 
@@ -112,7 +116,8 @@ impl ExportPipeline {
         health: &[GroupHealth],
         now: SystemTime,
     ) -> Result<(), ExportError> {
-        let frame = self.selector.select(table, &self.enricher, now);
+        let mut frame = self.selector.select(table, &self.enricher, now);
+        frame.peer_addresses = self.peer_addresses;
         self.last_series = frame.series.len();
         if let Some(prometheus) = &self.prometheus {
             prometheus.update(&frame, health);

@@ -2,6 +2,7 @@
 //! same metrics under Prometheus naming: dots become underscores, counters end in `_total`, and
 //! the unit is a suffix (`flowtel_tcp_bytes_total`, `flowtel_tcp_rtt_seconds_bucket`).
 //! It serves the latest export (cumulative); the page is re-rendered at every export.
+use super::redact::PeerAddresses;
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
@@ -42,7 +43,7 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn labels(series: &Series, extra: &[(&str, &str)]) -> String {
+fn labels(series: &Series, peer_addresses: &PeerAddresses, extra: &[(&str, &str)]) -> String {
     let mut pairs: Vec<(String, String)> = vec![("network_transport".into(), "tcp".into())];
     match &series.id {
         SeriesId::Pair(key, context) => {
@@ -51,7 +52,7 @@ fn labels(series: &Series, extra: &[(&str, &str)]) -> String {
                 if key.local.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
             ));
             pairs.push(("network_local_address".into(), key.local.to_string()));
-            pairs.push(("network_peer_address".into(), key.remote.to_string()));
+            pairs.push(("network_peer_address".into(), peer_addresses.show(key.remote)));
             pairs.push(("server_port".into(), key.service_port.to_string()));
             pairs.push(("network_tcp_handshake_role".into(), key.role.as_str().into()));
             if let Some(p) = &series.process {
@@ -88,7 +89,7 @@ fn counter_family(
     family(out, name, "counter", unit, help);
     for s in &frame.series {
         for (extra, value) in points(&s.values) {
-            let _ = writeln!(out, "{name}_total{} {value}", labels(s, &extra));
+            let _ = writeln!(out, "{name}_total{} {value}", labels(s, &frame.peer_addresses, &extra));
         }
     }
 }
@@ -111,12 +112,29 @@ fn histogram_family(
             cumulative += n;
             if Log2Histogram::EXPLICIT_BUCKETS.contains(&k) {
                 let le = format!("{}", Log2Histogram::bucket_upper_seconds(k));
-                let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(s, &[("le", le.as_str())]));
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {cumulative}",
+                    labels(s, &frame.peer_addresses, &[("le", le.as_str())])
+                );
             }
         }
-        let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(s, &[("le", "+Inf")]));
-        let _ = writeln!(out, "{name}_count{} {cumulative}", labels(s, &[]));
-        let _ = writeln!(out, "{name}_sum{} {}", labels(s, &[]), h.sum_us as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{} {cumulative}",
+            labels(s, &frame.peer_addresses, &[("le", "+Inf")])
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{} {cumulative}",
+            labels(s, &frame.peer_addresses, &[])
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            labels(s, &frame.peer_addresses, &[]),
+            h.sum_us as f64 / 1e6
+        );
     }
 }
 
@@ -225,19 +243,19 @@ pub fn render(frame: &ExportFrame, health: &[GroupHealth]) -> String {
         let _ = writeln!(
             out,
             "flowtel_tcp_connections_active{} {}",
-            labels(s, &[]),
+            labels(s, &frame.peer_addresses, &[]),
             s.values.active
         );
     }
-    render_health(&mut out, health);
+    render_health(&mut out, health, &frame.peer_addresses);
     out.push_str("# EOF\n");
     out
 }
 
-fn render_health(out: &mut String, health: &[GroupHealth]) {
+fn render_health(out: &mut String, health: &[GroupHealth], peer_addresses: &PeerAddresses) {
     let known: Vec<&GroupHealth> = health.iter().filter(|h| h.status != Status::Unknown).collect();
     let label = |h: &GroupHealth| {
-        let body: Vec<String> = health_attributes(h)
+        let body: Vec<String> = health_attributes(h, peer_addresses)
             .iter()
             .map(|(k, v)| format!("{}=\"{}\"", k.replace('.', "_"), escape(v)))
             .collect();
@@ -368,6 +386,7 @@ mod tests {
         };
         let t = UNIX_EPOCH + Duration::from_secs(1);
         let frame = ExportFrame {
+            peer_addresses: Default::default(),
             previous_time: t,
             time: t,
             series: vec![

@@ -10,6 +10,7 @@
 //!   with a new start time.
 //!
 //! Pure: the table and the time are passed in.
+use crate::export::redact::PeerAddresses;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -108,6 +109,8 @@ pub struct ExportFrame {
     pub previous_time: SystemTime,
     pub time: SystemTime,
     pub series: Vec<Series>,
+    /// How the outputs show peer addresses.
+    pub peer_addresses: PeerAddresses,
 }
 
 impl ExportFrame {
@@ -285,6 +288,8 @@ impl SeriesSelector {
             previous_time,
             time: now,
             series,
+            // the pipeline applies the configured redaction
+            peer_addresses: PeerAddresses::Plain,
         }
     }
 }

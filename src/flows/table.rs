@@ -16,9 +16,13 @@ pub struct PairDelta {
 
 /// Pairs with no activity and no live connection for this long are dropped from the table.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Memory bound: beyond this many pairs (about 850 bytes each with the map entry), new pairs fold into the
-/// overflow bucket.
+/// Memory bound: at most this many pairs (about 850 bytes each with the map entry). A new pair
+/// arriving at a full table first makes room by evicting the longest-idle pairs that have no
+/// live connection; when every pair is busy, it folds into the overflow bucket.
 pub const DEFAULT_MAX_PAIRS: usize = 20_000;
+/// A full table evicts this fraction of its capacity at a time, so that a stream of new pairs
+/// pays for one scan per batch, not one per pair.
+const ROOM_BATCH_DIVISOR: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowTableConfig {
@@ -83,9 +87,13 @@ impl PairSnapshots {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct FlowTableStats {
     pub pairs: usize,
-    /// Pair deltas that arrived while the table was full and went to the overflow bucket.
+    /// Pair deltas that arrived while the table was full of busy pairs and went to the
+    /// overflow bucket.
     pub overflowed_deltas: u64,
+    /// Pairs evicted after the idle timeout.
     pub evicted_pairs: u64,
+    /// Idle pairs evicted early to make room for new ones in a full table.
+    pub evicted_for_room: u64,
 }
 
 /// Running totals per flow pair, plus an overflow bucket and the totals of evicted pairs, so
@@ -148,6 +156,8 @@ impl FlowTable {
                 pair.counters.active = 0;
             }
         }
+        // once a full table found nothing to evict, it will not find any until the next poll
+        let mut no_room_left = false;
         for PairDelta {
             key,
             counters: delta,
@@ -155,7 +165,10 @@ impl FlowTable {
         } in deltas
         {
             self.totals.add(delta);
-            let full = self.pairs.len() >= self.config.max_pairs;
+            let full = self.pairs.len() >= self.config.max_pairs
+                && !self.pairs.contains_key(key)
+                && (no_room_left || self.make_room(now) == 0);
+            no_room_left |= full;
             match self.pairs.get_mut(key) {
                 Some(pair) => Self::merge(pair, delta, owner, now, walked),
                 None if full => {
@@ -190,6 +203,29 @@ impl FlowTable {
         if delta.has_activity() || delta.active > 0 {
             pair.last_active = now;
         }
+    }
+
+    /// Evicts up to a batch of the longest-idle pairs with no live connection and no activity in
+    /// this poll (`now`); their totals move to the evicted bucket. Returns how many went.
+    fn make_room(&mut self, now: Instant) -> usize {
+        let batch = (self.config.max_pairs / ROOM_BATCH_DIVISOR).max(1);
+        let mut idle: Vec<(Instant, FlowKey)> = self
+            .pairs
+            .values()
+            .filter(|p| p.counters.active == 0 && p.last_active < now)
+            .map(|p| (p.last_active, p.key))
+            .collect();
+        if idle.len() > batch {
+            idle.select_nth_unstable(batch - 1);
+            idle.truncate(batch);
+        }
+        for (_, key) in &idle {
+            if let Some(pair) = self.pairs.remove(key) {
+                self.evicted.add(&pair.counters);
+            }
+        }
+        self.stats.evicted_for_room += idle.len() as u64;
+        idle.len()
     }
 
     /// Drops pairs idle for the configured time with no live connection; their totals move to
@@ -365,6 +401,64 @@ mod tests {
         assert_eq!(&sum_of(&table), table.totals());
         assert_eq!(table.totals().bytes_sent, 10 + 20 + 30 + 40 + 50 + 1);
         assert_eq!(table.totals().retransmits(Phase::Established), 2);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_longest_idle_pairs_first_then_overflows() {
+        let t0 = Instant::now();
+        let config = FlowTableConfig {
+            idle_timeout: Duration::from_secs(300),
+            max_pairs: 16,
+        };
+        let mut table = FlowTable::new(config);
+        let none = Owner::default();
+        let live = FlowCounters { active: 1, ..delta(1) };
+        // 15 idle pairs, the older the lower the number, and one with a live connection
+        for i in 1..=15u8 {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            table.apply_poll(
+                [&pd(key(i, 80, Role::Server), delta(10), &none)],
+                &FlowCounters::default(),
+                at,
+            );
+        }
+        let busy = key(100, 80, Role::Server);
+        let t1 = t0 + Duration::from_secs(20);
+        let walk = |table: &mut FlowTable, extra: Vec<PairDelta>, at| {
+            let mut deltas = vec![pd(busy, live.clone(), &none)];
+            deltas.extend(extra);
+            table.apply_poll(&deltas, &FlowCounters::default(), at);
+        };
+        walk(&mut table, vec![], t1);
+        assert_eq!(table.len(), 16, "full");
+
+        // a new pair makes room: one batch (16/16 = 1) of the longest idle, pair 1
+        let t2 = t1 + Duration::from_secs(1);
+        walk(&mut table, vec![pd(key(200, 80, Role::Server), delta(5), &none)], t2);
+        assert!(table.get(&key(1, 80, Role::Server)).is_none(), "the longest idle went");
+        assert!(table.get(&key(2, 80, Role::Server)).is_some());
+        assert!(
+            table.get(&key(200, 80, Role::Server)).is_some(),
+            "the new pair has its own row"
+        );
+        assert_eq!(table.stats().evicted_for_room, 1);
+        assert_eq!(table.stats().overflowed_deltas, 0);
+
+        // 20 new pairs in one poll: the 15 idle ones (2..=15 and 200) make room, the busy one and
+        // this poll's new ones stay, the rest overflow
+        let t3 = t2 + Duration::from_secs(1);
+        let storm: Vec<PairDelta> = (0..20u8)
+            .map(|i| pd(key(i, 443, Role::Client), delta(3), &none))
+            .collect();
+        walk(&mut table, storm, t3);
+        assert_eq!(table.len(), 16, "never beyond the budget");
+        assert!(
+            table.get(&busy).is_some(),
+            "a pair with a live connection is never evicted for room"
+        );
+        assert_eq!(table.stats().evicted_for_room, 1 + 15);
+        assert_eq!(table.stats().overflowed_deltas, 20 - 15);
+        assert_eq!(&sum_of(&table), table.totals(), "nothing lost");
     }
 
     #[test]

@@ -13,8 +13,8 @@ pub(super) fn check() -> Result<(), SamplerError> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(SamplerError::NoBtf);
     }
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|source| SamplerError::Io {
-        what: "reading /proc/self/status".into(),
+    let status = std::fs::read_to_string("/proc/thread-self/status").map_err(|source| SamplerError::Io {
+        what: "reading /proc/thread-self/status".into(),
         source,
     })?;
     let effective = effective_caps(&status).unwrap_or(0);
@@ -27,9 +27,10 @@ pub(super) fn check() -> Result<(), SamplerError> {
     Ok(())
 }
 
-/// Whether this process holds capability `bit` now (CapEff in /proc/self/status).
+/// Whether the calling thread holds capability `bit` now. Capabilities are per thread, and
+/// the agent's threads hold different sets: /proc/self/status would show the main thread's.
 pub(super) fn has_capability(bit: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
+    std::fs::read_to_string("/proc/thread-self/status")
         .ok()
         .and_then(|s| effective_caps(&s))
         .is_some_and(|caps| caps & (1u64 << bit) != 0)

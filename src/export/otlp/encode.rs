@@ -4,6 +4,7 @@
 //! Each per-pair value is exactly what the sampler counted; the overflow series carries
 //! `flowtel.flow.overflow=true` and no addresses. Counters with a zero value for a phase or an
 //! outcome are left out; every series always reports bytes, segments and its active gauge.
+use crate::export::redact::PeerAddresses;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -170,7 +171,7 @@ pub fn context_attributes(context: &PairContext) -> Vec<(&'static str, &str)> {
     attrs
 }
 
-fn series_attributes(series: &Series) -> Vec<KeyValue> {
+fn series_attributes(series: &Series, peer_addresses: &PeerAddresses) -> Vec<KeyValue> {
     let mut attrs = vec![kv_str(names::NETWORK_TRANSPORT, "tcp")];
     match &series.id {
         SeriesId::Pair(key, context) => {
@@ -179,7 +180,7 @@ fn series_attributes(series: &Series) -> Vec<KeyValue> {
                 if key.local.is_ipv4() { "ipv4" } else { "ipv6" },
             ));
             attrs.push(kv_str(names::LOCAL_ADDRESS, key.local.to_string()));
-            attrs.push(kv_str(names::PEER_ADDRESS, key.remote.to_string()));
+            attrs.push(kv_str(names::PEER_ADDRESS, peer_addresses.show(key.remote)));
             attrs.push(kv(
                 names::SERVER_PORT,
                 any_value::Value::IntValue(i64::from(key.service_port)),
@@ -335,7 +336,7 @@ pub fn encode(
                 Temporality::Delta => (unix_nanos(frame.previous_time), &s.delta),
             };
             Point {
-                attributes: series_attributes(s),
+                attributes: series_attributes(s, &frame.peer_addresses),
                 start,
                 time,
                 values,
@@ -452,7 +453,7 @@ pub fn encode(
         },
     ];
     metrics.extend(agent_metrics(agent, time));
-    metrics.extend(health_metrics(health, time));
+    metrics.extend(health_metrics(health, &frame.peer_addresses, time));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
@@ -472,11 +473,11 @@ pub fn encode(
 
 /// The health attributes of one group: scope, identity, reason ("none" when not degraded) and
 /// attribution.
-pub fn health_attributes(h: &GroupHealth) -> Vec<(&'static str, String)> {
+pub fn health_attributes(h: &GroupHealth, peer_addresses: &PeerAddresses) -> Vec<(&'static str, String)> {
     let mut attrs = vec![(names::HEALTH_SCOPE, h.group.scope().to_string())];
     match &h.group {
         GroupId::Peer { address, port } => {
-            attrs.push((names::PEER_ADDRESS, address.to_string()));
+            attrs.push((names::PEER_ADDRESS, peer_addresses.show(*address)));
             attrs.push((names::SERVER_PORT, port.to_string()));
         }
         GroupId::Monitor(name) => attrs.push((names::MONITOR, name.to_string())),
@@ -496,10 +497,10 @@ pub fn health_attributes(h: &GroupHealth) -> Vec<(&'static str, String)> {
 }
 
 /// Health gauges; groups without enough data (status unknown) are left out.
-fn health_metrics(health: &[GroupHealth], time: u64) -> Vec<Metric> {
+fn health_metrics(health: &[GroupHealth], peer_addresses: &PeerAddresses, time: u64) -> Vec<Metric> {
     let known: Vec<&GroupHealth> = health.iter().filter(|h| h.status != Status::Unknown).collect();
     let point = |h: &GroupHealth, value: f64| {
-        let attributes = health_attributes(h)
+        let attributes = health_attributes(h, peer_addresses)
             .into_iter()
             .map(|(k, v)| {
                 if k == names::SERVER_PORT {
@@ -702,6 +703,7 @@ mod tests {
             role: Role::Client,
         };
         ExportFrame {
+            peer_addresses: Default::default(),
             previous_time: t0 + Duration::from_secs(30),
             time: t0 + Duration::from_secs(60),
             series: vec![
@@ -941,6 +943,7 @@ mod agent_tests {
     fn agent_metrics_ride_along() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let frame = ExportFrame {
+            peer_addresses: Default::default(),
             previous_time: t0,
             time: t0 + Duration::from_secs(30),
             series: vec![],
@@ -999,6 +1002,7 @@ mod health_tests {
     fn health_gauges_leave_unknown_groups_out() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let frame = ExportFrame {
+            peer_addresses: Default::default(),
             previous_time: t0,
             time: t0,
             series: vec![],

@@ -74,8 +74,9 @@ pub enum SettingsError {
     Temporality { name: String, value: String },
     #[error("{name}={value} must be base2_exponential_bucket_histogram or explicit_bucket_histogram")]
     Histograms { name: String, value: String },
-    #[error("{name} has a header without '=': {value} (expected key1=value1,key2=value2)")]
-    Header { name: String, value: String },
+    // the text is not shown: it may be a token given without its key
+    #[error("{name}: header {position} has no '=' (expected key1=value1,key2=value2; the text is not shown, it may be a secret)")]
+    Header { name: String, position: usize },
     #[error("{name}={value} is below the 1000 ms minimum export interval")]
     Interval { name: String, value: String },
 }
@@ -128,10 +129,11 @@ fn parse_headers(name: &str, value: &str) -> Result<Vec<(String, String)>, Setti
     value
         .split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
+        .enumerate()
+        .map(|(i, pair)| {
             let (k, v) = pair.split_once('=').ok_or_else(|| SettingsError::Header {
                 name: name.into(),
-                value: pair.into(),
+                position: i + 1,
             })?;
             Ok((percent_decode(k.trim()), percent_decode(v.trim())))
         })
@@ -412,7 +414,15 @@ mod tests {
             .contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/json"));
         assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]).contains("OTEL_EXPORTER_OTLP_TIMEOUT"));
         assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).contains("gzip or none"));
-        assert!(bad(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).contains("novalue"));
+        let header = bad(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=a,Bearer-s3cret")]);
+        assert!(
+            header.contains("OTEL_EXPORTER_OTLP_HEADERS: header 2 has no '='"),
+            "{header}"
+        );
+        assert!(
+            !header.contains("s3cret"),
+            "a malformed header may be a bare token: {header}"
+        );
     }
 
     #[test]

@@ -101,8 +101,10 @@ impl OtlpClient {
                 for (name, value) in &settings.headers {
                     let key = MetadataKey::from_str(&name.to_ascii_lowercase())
                         .map_err(|_| TransportError::Header { name: name.clone() })?;
-                    let value = MetadataValue::try_from(value.as_str())
+                    let mut value = MetadataValue::try_from(value.as_str())
                         .map_err(|_| TransportError::Header { name: name.clone() })?;
+                    // header values are credentials: kept out of any debug output of the request
+                    value.set_sensitive(true);
                     metadata.insert(key, value);
                 }
                 Inner::Grpc {
@@ -126,10 +128,9 @@ impl OtlpClient {
                 let mut headers = reqwest::header::HeaderMap::new();
                 for (name, value) in &settings.headers {
                     let bad = || TransportError::Header { name: name.clone() };
-                    headers.insert(
-                        reqwest::header::HeaderName::from_str(name).map_err(|_| bad())?,
-                        reqwest::header::HeaderValue::from_str(value).map_err(|_| bad())?,
-                    );
+                    let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| bad())?;
+                    value.set_sensitive(true);
+                    headers.insert(reqwest::header::HeaderName::from_str(name).map_err(|_| bad())?, value);
                 }
                 Inner::Http {
                     client,
