@@ -68,6 +68,75 @@ fn malformed_env_value_is_a_one_line_error() {
 }
 
 #[test]
+fn malformed_otel_variables_are_one_line_errors() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+    for (name, value, needle) in [
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/json",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "soon", "OTEL_METRIC_EXPORT_INTERVAL"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "weekly",
+            "TEMPORALITY",
+        ),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip or none"),
+    ] {
+        let out = flowtel(&["check"], &[endpoint, (name, value)]);
+        assert_one_line_error(&out, needle);
+    }
+}
+
+/// A token given without its key is reported by position, never echoed.
+#[test]
+fn a_malformed_header_is_a_one_line_error_that_does_not_echo_it() {
+    let out = flowtel(
+        &["check"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "Bearer-s3cret-token"),
+        ],
+    );
+    assert_one_line_error(&out, "OTEL_EXPORTER_OTLP_HEADERS: header 1 has no '='");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+}
+
+/// A kernel without BTF, for real: a private mount namespace hides /sys/kernel/btf under an
+/// empty tmpfs (the host's view is untouched).
+#[test]
+fn missing_kernel_btf_is_a_one_line_error() {
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /sys/kernel/btf && exec {BIN} snapshot --seconds 0"
+        ))
+        .env_remove("FLOWTEL_CONFIG")
+        .output()
+        .expect("unshare runs");
+    assert_one_line_error(&out, "kernel BTF not found at /sys/kernel/btf/vmlinux");
+    assert!(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "the host still has BTF"
+    );
+}
+
+/// Root without CAP_BPF (lowered in the bounding set, so exec cannot grant it).
+#[test]
+fn a_missing_capability_is_a_one_line_error_naming_it() {
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-bpf", "--inh-caps", "-all", "--"])
+        .args([BIN, "snapshot", "--seconds", "0"])
+        .env_remove("FLOWTEL_CONFIG")
+        .output()
+        .expect("setpriv runs");
+    assert_one_line_error(&out, "missing CAP_BPF");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grant CAP_BPF"));
+}
+
+#[test]
 fn nonexistent_cgroup_path_is_a_one_line_error() {
     let out = flowtel(
         &["snapshot", "--seconds", "0"],

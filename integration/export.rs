@@ -3,117 +3,15 @@
 //! Prometheus: Debian's `prometheus` scrapes /metrics and answers a PromQL query.
 //! Both must be installed (.ci/run does it): without them the tests fail.
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
+use support::agent::{parse, start_agent, start_agent_with, start_rotel, stop, Point};
 use support::{free_port, http_get, Reaped};
-
-const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
-
-fn rotel_agent() -> PathBuf {
-    if let Ok(path) = std::env::var("FLOWTEL_TEST_ROTEL") {
-        return PathBuf::from(path);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "rotel is not installed: pip install rotel ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// rotel on loopback with OTLP gRPC and HTTP receivers, printing every metric to `log`.
-fn start_rotel(grpc: u16, http: u16, log: &std::path::Path) -> Reaped {
-    Reaped(
-        Command::new(rotel_agent())
-            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(log).expect("log file"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    )
-}
-
-/// A data point as rotel's debug log prints it.
-#[derive(Debug, Clone)]
-struct Point {
-    metric: String,
-    unit: String,
-    attributes: HashMap<String, String>,
-    value: Option<String>,
-}
-
-/// Parses rotel's `--debug-log-verbosity detailed` output (the OpenTelemetry Collector debug
-/// exporter layout) into data points, plus the resource attributes seen.
-fn parse(log: &str) -> (Vec<Point>, HashMap<String, String>) {
-    let mut points = Vec::new();
-    let mut resource = HashMap::new();
-    let (mut metric, mut unit) = (String::new(), String::new());
-    let mut current: Option<Point> = None;
-    let mut in_resource = false;
-    for line in log.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("Resource attributes:") {
-            in_resource = true;
-            continue;
-        }
-        if let Some(attr) = trimmed.strip_prefix("-> ") {
-            let Some((key, value)) = attr.split_once(": ") else {
-                continue;
-            };
-            if in_resource {
-                resource.insert(key.to_string(), value.to_string());
-            } else if key == "Name" {
-                metric = value.to_string();
-            } else if key == "Unit" {
-                unit = value.to_string();
-            } else if let Some(p) = current.as_mut() {
-                p.attributes.insert(key.to_string(), value.to_string());
-            }
-            continue;
-        }
-        in_resource = false;
-        if trimmed.starts_with("NumberDataPoints #") || trimmed.starts_with("ExponentialHistogramDataPoints #") {
-            points.extend(current.take());
-            current = Some(Point {
-                metric: metric.clone(),
-                unit: unit.clone(),
-                attributes: HashMap::new(),
-                value: None,
-            });
-        } else if let Some(v) = trimmed
-            .strip_prefix("Value: ")
-            .or_else(|| trimmed.strip_prefix("Count: "))
-        {
-            if let Some(p) = current.as_mut() {
-                p.value = Some(v.to_string());
-            }
-        }
-    }
-    points.extend(current);
-    (points, resource)
-}
 
 fn exchange_known_bytes() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -319,85 +217,6 @@ fn prometheus_scrapes_the_measured_bytes() {
     assert_eq!(value, "7000", "PromQL {query}");
     let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
     assert!(page.contains("# TYPE flowtel_tcp_rtt_seconds histogram"), "{page}");
-}
-
-type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
-/// Starts `flowtel run` with `envs`, waits until it is attached, and collects its log lines.
-fn start_agent(envs: &[(&str, String)]) -> (Reaped, Log) {
-    start_agent_with(&[], envs)
-}
-
-/// As `start_agent`, with global arguments (such as `--config FILE`) before `run`.
-fn start_agent_with(args: &[String], envs: &[(&str, String)]) -> (Reaped, Log) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .arg("run")
-        .env_remove("FLOWTEL_CONFIG")
-        .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut agent = Reaped(cmd.stderr(Stdio::piped()).spawn().expect("flowtel run starts"));
-    let stderr = BufReader::new(agent.0.stderr.take().expect("stderr"));
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = std::sync::Arc::clone(&lines);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("sampler attached") {
-                let _ = tx.send(());
-            }
-            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30)).expect("flowtel attached");
-    (agent, lines)
-}
-
-fn stop(agent: &mut Reaped) {
-    // SAFETY: signalling our own child by pid.
-    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
-    assert!(agent.0.wait().expect("flowtel exits").success());
-}
-
-#[test]
-fn collector_outage_is_logged_per_backoff_step_and_export_resumes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let (mut agent, lines) = start_agent(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}")),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
-    ]);
-    std::thread::sleep(Duration::from_secs(5));
-    let failures = |lines: &[String]| lines.iter().filter(|l| l.contains("OTLP export failed")).count();
-    let during = failures(&lines.lock().unwrap_or_else(|e| e.into_inner()));
-    assert!(
-        (1..=4).contains(&during),
-        "one line per backoff step (1 s, 2 s, ...), not per export: {during}"
-    );
-    assert!(agent.0.try_wait().expect("status").is_none(), "still sampling");
-
-    let log_path = dir.path().join("rotel.log");
-    let _rotel = start_rotel(port, free_port(), &log_path);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("flowtel.tcp.bytes")
-    {
-        assert!(Instant::now() < deadline, "export never resumed");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    stop(&mut agent);
-    let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        lines.iter().any(|l| l.contains("OTLP export resumed")),
-        "resumption logged"
-    );
-    assert!(
-        lines.iter().any(|l| l.contains(&format!("127.0.0.1:{port}"))),
-        "the endpoint is named"
-    );
 }
 
 #[test]

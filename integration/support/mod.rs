@@ -15,6 +15,8 @@ use flowtel::flows::{FlowCounters, FlowKey, FlowTableConfig, Role};
 use flowtel::monitor::Monitor;
 use flowtel::sampler::SamplerConfig;
 
+pub mod agent;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Kernel tests run one at a time: each attaches its own programs to the same cgroup, and the
