@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::agent::{parse, start_agent, start_agent_with, start_rotel, stop, Point};
+use support::agent::{lines, parse, start_agent, start_agent_with, start_rotel, stop, Point};
 use support::{free_port, http_get, Reaped};
 
 fn exchange_known_bytes() -> u16 {
@@ -318,7 +318,7 @@ mod tls_receiver {
     use opentelemetry_proto::tonic::collector::metrics::v1::{
         ExportMetricsServiceRequest, ExportMetricsServiceResponse,
     };
-    use tonic::transport::{Identity, Server, ServerTlsConfig};
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
     use tonic::{Request, Response, Status};
 
     /// A request and the `x-api-key` header that came with it.
@@ -348,16 +348,29 @@ mod tls_receiver {
         }
     }
 
-    pub fn serve(runtime: &tokio::runtime::Runtime, port: u16, cert: Vec<u8>, key: Vec<u8>) -> Seen {
+    /// Serves on 127.0.0.1:`port` with the server identity in `dir` (see `certificates`); with
+    /// `client_ca`, only clients with a certificate signed by it get through (mutual TLS).
+    pub fn serve(runtime: &tokio::runtime::Runtime, port: u16, dir: &std::path::Path, client_ca: bool) -> Seen {
+        let read = |name: &str| std::fs::read(dir.join(name)).expect("certificate file");
+        let (cert, key, ca) = (read("server.pem"), read("server.key"), read("ca.pem"));
         let _ = rustls::crypto::ring::default_provider().install_default();
         let seen = Seen::default();
         let service = MetricsServiceServer::new(seen.clone());
         runtime.spawn(async move {
-            let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            if client_ca {
+                tls = tls.client_ca_root(Certificate::from_pem(ca));
+            }
             let mut server = Server::builder().tls_config(tls).expect("server TLS config");
             let _ = server.add_service(service).serve(([127, 0, 0, 1], port).into()).await;
         });
         seen
+    }
+
+    impl Seen {
+        pub fn count(&self) -> usize {
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
+        }
     }
 }
 
@@ -375,96 +388,117 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
-/// The receiver here has no gzip: flowtel's default compression must fall back to none.
+/// A private CA (`ca.pem`), a server certificate for `localhost` and a client certificate, both
+/// signed by it, in `dir`.
+fn certificates(dir: &std::path::Path) {
+    let days = ["-days", "1"];
+    openssl(
+        dir,
+        &[
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=flowtel-test-ca",
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=flowtel-agent")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &ext,
+                ][..],
+                &days,
+            ]
+            .concat(),
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits up to `timeout` for the receiver to get a request; false if none came.
+fn received(seen: &tls_receiver::Seen, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while seen.count() == 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+/// The receiver here has no gzip: flowtel's default compression must fall back to none. The
+/// agent logs at trace level: the header's value must appear nowhere in it.
 #[test]
 fn otlp_grpc_over_tls_with_a_custom_ca_and_headers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=flowtel-test-ca",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("ext file");
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    certificates(d);
+    let runtime = runtime();
     let port = free_port();
-    let seen = tls_receiver::serve(
-        &runtime,
-        port,
-        std::fs::read(d.join("server.pem")).expect("cert"),
-        std::fs::read(d.join("server.key")).expect("key"),
-    );
+    let seen = tls_receiver::serve(&runtime, port, d, false);
     let (mut agent, log) = start_agent(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", d.join("ca.pem").display().to_string()),
-        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret".to_string()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret-9f8e7d".to_string()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+        ("FLOWTEL_LOG", "trace".to_string()),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.requests.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no request over TLS; agent log: {:?}",
-            log.lock().unwrap_or_else(|e| e.into_inner())
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let delivered = received(&seen, Duration::from_secs(20));
     stop(&mut agent);
+    let log = lines(&log);
+    assert!(delivered, "no request over TLS; agent log: {log:?}");
     let requests = seen.requests.lock().unwrap_or_else(|e| e.into_inner());
     let (request, key) = &requests[0];
-    assert_eq!(key.as_deref(), Some("s3cret"), "custom header delivered");
-    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(key.as_deref(), Some("s3cret-9f8e7d"), "custom header delivered");
     assert!(
         log.iter().any(|l| l.contains("does not accept gzip")),
         "the fallback to no compression is logged"
@@ -473,8 +507,73 @@ fn otlp_grpc_over_tls_with_a_custom_ca_and_headers() {
         !log.iter().any(|l| l.contains("OTLP export failed")),
         "the fallback happened within the first export"
     );
+    let leaks: Vec<&String> = log.iter().filter(|l| l.contains("s3cret")).collect();
+    assert!(leaks.is_empty(), "the header value was logged: {leaks:?}");
     assert!(request.resource_metrics[0].scope_metrics[0]
         .metrics
         .iter()
         .any(|m| m.name == "flowtel.tcp.bytes" || m.name.starts_with("flowtel.agent")));
+}
+
+/// Certificates are verified by default: a collector whose CA is not configured gets nothing,
+/// and the log says why.
+#[test]
+fn an_unknown_certificate_authority_is_refused_until_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    certificates(d);
+    let runtime = runtime();
+    let port = free_port();
+    let seen = tls_receiver::serve(&runtime, port, d, false);
+    let (mut agent, log) = start_agent(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+    ]);
+    let delivered = received(&seen, Duration::from_secs(4));
+    stop(&mut agent);
+    assert!(!delivered, "an unverified collector received a request");
+    let failures: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| l.contains("OTLP export failed"))
+        .collect();
+    assert!(!failures.is_empty(), "the refusal is logged");
+    assert!(
+        failures[0].to_lowercase().contains("certificate") || failures[0].contains("UnknownIssuer"),
+        "the log names the certificate problem: {failures:?}"
+    );
+}
+
+/// Mutual TLS: a collector that demands a client certificate accepts the agent with its
+/// certificate and key, and refuses it without.
+#[test]
+fn mutual_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    certificates(d);
+    let runtime = runtime();
+    let path = |name: &str| d.join(name).display().to_string();
+    let tls_env = |port: u16| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem")),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+        ]
+    };
+
+    let without_port = free_port();
+    let without = tls_receiver::serve(&runtime, without_port, d, true);
+    let (mut agent, _log) = start_agent(&tls_env(without_port));
+    let refused = !received(&without, Duration::from_secs(4));
+    stop(&mut agent);
+    assert!(refused, "no client certificate, no delivery");
+
+    let with_port = free_port();
+    let with = tls_receiver::serve(&runtime, with_port, d, true);
+    let mut env = tls_env(with_port);
+    env.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path("client.pem")));
+    env.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client.key")));
+    let (mut agent, log) = start_agent(&env);
+    let delivered = received(&with, Duration::from_secs(20));
+    stop(&mut agent);
+    assert!(delivered, "mutual TLS delivery; agent log: {:?}", lines(&log));
 }
