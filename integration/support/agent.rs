@@ -128,9 +128,12 @@ pub fn start_agent(envs: &[(&str, String)]) -> (Reaped, Log) {
 /// As `start_agent`, with global arguments (such as `--config FILE`) before `run`.
 pub fn start_agent_with(args: &[String], envs: &[(&str, String)]) -> (Reaped, Log) {
     let mut cmd = Command::new(BIN);
+    // the test's own FLOWTEL_* settings (FLOWTEL_SOAK_SECS, FLOWTEL_TEST_ROTEL) are not the agent's
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("FLOWTEL_")) {
+        cmd.env_remove(name);
+    }
     cmd.args(args)
         .arg("run")
-        .env_remove("FLOWTEL_CONFIG")
         .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200");
     for (k, v) in envs {
         cmd.env(k, v);
