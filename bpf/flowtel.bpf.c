@@ -53,6 +53,8 @@ const volatile bool flowtel_per_ack_rtt = false;
  * scoped by its attach point). */
 const volatile __u64 flowtel_cgroup_id = 0;
 const volatile __u32 flowtel_cgroup_level = 0;
+/* NAT reversal on: client keys to destinations in nat_destinations keep the client port. */
+const volatile bool flowtel_nat = false;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -105,12 +107,23 @@ struct {
 	__type(value, __u8);
 } listeners SEC(".maps");
 
+/* Destinations that may be DNATed (Kubernetes ClusterIPs, configured CIDRs), filled by user
+ * space. Only read when flowtel_nat is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flowtel_nat_prefix);
+	__type(value, __u8);
+} nat_destinations SEC(".maps");
+
 /* Source of zeroes for new pair entries: the value is too large for the BPF stack. */
 const struct flowtel_pair_stats flowtel_zero_stats = {};
 
 /* Gives the skeleton Rust types for the structs that no map names as key or value. */
 struct flowtel_sock_reported flowtel_type_sock_reported = {};
 struct flowtel_listener_key flowtel_type_listener_key = {};
+struct flowtel_nat_prefix flowtel_type_nat_prefix = {};
 enum flowtel_counter flowtel_type_counter = FLOWTEL_COUNTERS;
 enum flowtel_failure flowtel_type_failure = FLOWTEL_FAILURES;
 enum flowtel_phase flowtel_type_phase = FLOWTEL_PHASES;
@@ -209,6 +222,21 @@ static __always_inline bool is_v4_mapped(const __u32 a[4])
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
 }
 
+/* Whether the key's remote address is in nat_destinations. */
+static __noinline bool nat_destination(const struct flowtel_pair_key *key)
+{
+	struct flowtel_nat_prefix p = { .prefixlen = 128 };
+
+	if (key->family == 6) {
+		__builtin_memcpy(p.addr, key->remote_addr, 16);
+	} else {
+		p.addr[10] = 0xff;
+		p.addr[11] = 0xff;
+		__builtin_memcpy(&p.addr[12], key->remote_addr, 4);
+	}
+	return bpf_map_lookup_elem(&nat_destinations, &p) != NULL;
+}
+
 /* Fills a zeroed key. Addresses arrive as four network-order words each. */
 static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family, const __u32 l6[4],
 				      const __u32 r6[4], __u32 l4, __u32 r4, __u16 lport,
@@ -229,6 +257,8 @@ static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family
 	}
 	key->role = role;
 	key->service_port = role == FLOWTEL_ROLE_CLIENT ? rport : lport;
+	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT && nat_destination(key))
+		key->client_port = lport;
 }
 
 static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,

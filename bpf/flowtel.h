@@ -54,6 +54,17 @@ struct flowtel_pair_key {
 	__u16 service_port;   /* host order: the server's port */
 	__u8 family;          /* 4 or 6; v4-mapped IPv6 is folded to 4 */
 	__u8 role;            /* enum flowtel_role */
+	/* 0, except for a client connecting to a destination that may be DNATed: its own port,
+	 * so that user space can find the connection in conntrack and key it by the real peer */
+	__u16 client_port;
+	__u16 pad;
+};
+
+/* A destination prefix whose connections user space reverses through conntrack. IPv4 is
+ * stored v4-mapped (::ffff:a.b.c.d, prefix length + 96). */
+struct flowtel_nat_prefix {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 /* Deltas folded into a pair during one poll interval. */

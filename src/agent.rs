@@ -6,6 +6,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::enrich::kubernetes::api::KubeApi;
+use crate::enrich::kubernetes::Kubernetes;
 use crate::enrich::{cloud_metadata, Enricher};
 use crate::export::otlp::AgentMetrics;
 use crate::export::ExportPipeline;
@@ -26,6 +28,36 @@ pub async fn enricher(config: &Config) -> anyhow::Result<Enricher> {
     Ok(Enricher::new(&config.resources, detected, &config.monitors)?)
 }
 
+/// Pod attribution, when `[kubernetes]` is on: the cgroup resolver, and the API server's
+/// watches when one is configured. The watches run on the current runtime.
+pub fn kubernetes(config: &Config) -> anyhow::Result<Option<Arc<Kubernetes>>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let section = &config.kubernetes;
+    if !section.is_enabled(env) {
+        return Ok(None);
+    }
+    let api = match section.client_config(env)? {
+        Some(client_config) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = kube::Client::try_from(client_config)
+                .context("building the Kubernetes API client (kubernetes.api_server)")?;
+            let node = section.node(env);
+            tracing::info!(
+                node = node.as_deref().unwrap_or("-"),
+                "watching the Kubernetes API server"
+            );
+            Some(KubeApi::start(
+                client,
+                node.as_deref(),
+                &tokio::runtime::Handle::current(),
+            ))
+        }
+        None => None,
+    };
+    let root = crate::sampler::cgroup2_root()?;
+    Ok(Some(Arc::new(Kubernetes::new(root, api, section.rollup))))
+}
+
 /// `flowtel run`: poll until a signal arrives, logging a summary now and then.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Handle::current();
@@ -34,7 +66,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.probes.enabled {
         probes::start(&config.probes, Arc::clone(&probe), &runtime)?;
     }
-    let enricher = Arc::new(enricher(&config).await?);
+    let mut enricher = enricher(&config).await?;
+    if let Some(k8s) = kubernetes(&config)? {
+        enricher = enricher.with_kubernetes(k8s);
+    }
+    let enricher = Arc::new(enricher);
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
     // a thread of its own (not the runtime's): it inherits this thread's capabilities to load and
@@ -77,12 +113,14 @@ fn run_loop(
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let export_config = config.export_config(|name| std::env::var(name).ok())?;
-    let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
+    let sampler_config = config.sampler_config();
+    let nat_reversal = sampler_config.nat;
+    let mut monitor = Monitor::start(sampler_config, config.flow_table_config())?;
     probe.attached();
     let started = SystemTime::now();
     let mut exporter = ExportPipeline::new(&export_config, Arc::clone(enricher), started, runtime)?;
     // attached and every output open: from here on only the namespace walk needs privilege
-    let kept = privileges::drop_to(&privileges::POLL_THREAD_KEEPS)?;
+    let kept = privileges::drop_to(&privileges::poll_thread_keeps(nat_reversal))?;
     tracing::info!(kept = privileges::names(&kept), "capabilities dropped after attaching");
     let summary_every = Duration::from_secs(config.run.summary_interval_secs);
     let export_every = export_config.interval;
@@ -95,8 +133,10 @@ fn run_loop(
     let mut findings: Vec<GroupHealth> = Vec::new();
     let mut last_health = Instant::now();
     let mut poll_failures: u64 = 0;
+    let mut nat_destinations = NatDestinations::new(config);
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
+        nat_destinations.refresh(enricher, &mut monitor, now);
         if let Err(e) = monitor.poll(now) {
             probe.poll_failed(now);
             poll_failures += 1;
@@ -172,6 +212,53 @@ fn log_transition(t: &Transition) {
     }
 }
 
+/// Keeps the kernel's NAT-destination list at the configured CIDRs plus the cluster's
+/// ClusterIPs, checked every [`NAT_REFRESH`].
+struct NatDestinations {
+    configured: Vec<ipnet::IpNet>,
+    current: Vec<ipnet::IpNet>,
+    last: Option<Instant>,
+}
+
+const NAT_REFRESH: Duration = Duration::from_secs(5);
+
+impl NatDestinations {
+    fn new(config: &Config) -> Self {
+        Self {
+            configured: config.nat.destinations.clone(),
+            current: config.nat.destinations.clone(),
+            last: None,
+        }
+    }
+
+    fn refresh(&mut self, enricher: &Enricher, monitor: &mut Monitor, now: Instant) {
+        let Some(k8s) = enricher.kubernetes().filter(|k| k.api().is_some()) else {
+            return;
+        };
+        if self.last.is_some_and(|t| now.duration_since(t) < NAT_REFRESH) {
+            return;
+        }
+        self.last = Some(now);
+        let index = k8s.index(now);
+        let mut wanted = self.configured.clone();
+        wanted.extend(index.cluster_ips().map(|ip| ipnet::IpNet::from(*ip)));
+        wanted.sort();
+        wanted.dedup();
+        if wanted == self.current {
+            return;
+        }
+        match monitor.sampler_mut().set_nat_destinations(&wanted) {
+            Ok(0) => tracing::debug!(destinations = wanted.len(), "NAT destinations updated"),
+            Ok(left_out) => tracing::warn!(
+                left_out,
+                "NAT destinations beyond the kernel map's capacity are not reversed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "updating the NAT destinations failed"),
+        }
+        self.current = wanted;
+    }
+}
+
 /// The agent's own figures for the export.
 fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
     let stats = monitor.stats();
@@ -189,6 +276,7 @@ fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
             ("flow_table_full", stats.table.overflowed_deltas),
             ("flow_table_evicted_for_room", stats.table.evicted_for_room),
             ("undecodable_pair", c.undecodable_pairs),
+            ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
         ],
         export_failures: 0,
         cpu_user_seconds: process.cpu_user_seconds,

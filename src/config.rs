@@ -1,6 +1,7 @@
 //! Configuration in layers: built-in defaults, then the TOML file given with --config, then
 //! `FLOWTEL_*` environment variables (`FLOWTEL_SAMPLER__POLL_INTERVAL_MS=500`). Unknown keys are
 //! errors: a typo must not silently fall back to a default.
+use crate::enrich::kubernetes::KubernetesSection;
 use crate::export::redact::PeerAddresses;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,21 @@ pub struct Config {
     pub monitors: Vec<MonitorSection>,
     /// `[probes]`: /healthz and /readyz for orchestrators.
     pub probes: ProbesSection,
+    /// `[kubernetes]`: pod, workload and Service names for both ends.
+    pub kubernetes: KubernetesSection,
+    /// `[nat]`: reversing DNAT through conntrack.
+    pub nat: NatSection,
+}
+
+/// `[nat]`: client connections to these destinations are looked up in the kernel's conntrack
+/// table and attributed to the real peer behind the DNAT. Kubernetes ClusterIPs are added
+/// automatically when the API server is used.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSection {
+    /// CIDRs, such as the cluster's service range ("10.96.0.0/12"); "0.0.0.0/0" reverses every
+    /// DNAT, at the cost of one kernel pair-map entry per connection instead of one per pair.
+    pub destinations: Vec<ipnet::IpNet>,
 }
 
 /// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
@@ -291,7 +307,15 @@ impl Config {
             listener_map_capacity: self.sampler.listener_map_capacity,
             per_ack_rtt: self.sampler.per_ack_rtt,
             walk_interval: Duration::from_millis(self.sampler.walk_interval_ms),
+            nat: !self.nat.destinations.is_empty() || self.kubernetes_api_on(),
+            nat_destinations: self.nat.destinations.clone(),
         }
+    }
+
+    /// Whether the Kubernetes API server is to be watched (which adds ClusterIPs to NAT reversal).
+    pub fn kubernetes_api_on(&self) -> bool {
+        let env = |name: &str| std::env::var(name).ok();
+        self.kubernetes.is_enabled(env) && matches!(self.kubernetes.client_config(env), Ok(Some(_)))
     }
 
     /// For the short, interactive views (`snapshot`, `top`): live sockets current at every poll.

@@ -24,6 +24,8 @@ pub struct AgentStats {
     pub namespaces_unreadable: usize,
     pub last_walk_us: u64,
     pub last_poll_us: u64,
+    /// NAT reversal (conntrack lookups), when on.
+    pub nat: crate::sampler::nat::NatStats,
 }
 
 pub struct Monitor {
@@ -54,8 +56,10 @@ impl Monitor {
             self.table
                 .apply_poll_between_walks(&sample.pairs, &sample.overflow, now);
         }
+        self.table.note_originals(&sample.nat_originals);
         self.table.evict_idle(now);
         let s = &mut self.stats;
+        s.nat = sample.nat;
         s.counters = sample.counters;
         s.table = self.table.stats();
         s.polls += 1;
@@ -69,6 +73,11 @@ impl Monitor {
         }
         s.last_poll_us = duration_us(sample.poll_time);
         Ok(())
+    }
+
+    /// The sampler, for changing what it watches while it runs (NAT destinations).
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
     }
 
     /// Starts a new window for `pair_map_peak_entries` (each export reports its own peak).

@@ -5,18 +5,25 @@
 //! - the async runtime's threads drop everything as they start ([`drop_runtime_thread`]); they
 //!   serve HTTP and send OTLP, which needs no privilege;
 //! - the poll thread starts with the full set, loads, attaches and opens its outputs, then keeps
-//!   only [`POLL_THREAD_KEEPS`]: entering other network namespaces for the socket walk
+//!   only [`poll_thread_keeps`]: entering other network namespaces for the socket walk
 //!   (`setns` needs CAP_SYS_ADMIN, opening another user's `/proc/PID/ns/net` needs
-//!   CAP_SYS_PTRACE). Reading and draining the maps through the file descriptors it already
-//!   holds needs none;
+//!   CAP_SYS_PTRACE), and asking conntrack when NAT reversal is on (CAP_NET_ADMIN). Reading and
+//!   draining the maps through the file descriptors it already holds needs none;
 //! - the main thread drops everything once it has started the poll thread.
 //!
 //! Each drop empties the ambient and inheritable sets, lowers the bounding set (when the thread
 //! may: that needs CAP_SETPCAP) and sets `no_new_privs`, so that no exec can win anything back.
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// What the poll thread keeps after attaching.
-pub const POLL_THREAD_KEEPS: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE];
+/// What the poll thread keeps after attaching: the namespace walk's two, and CAP_NET_ADMIN when
+/// NAT reversal asks conntrack (ctnetlink checks it on every request).
+pub fn poll_thread_keeps(nat_reversal: bool) -> Vec<Capability> {
+    let mut keep = vec![Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE];
+    if nat_reversal {
+        keep.push(Capability::CAP_NET_ADMIN);
+    }
+    keep
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("dropping capabilities ({step}): {source}")]

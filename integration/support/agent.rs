@@ -145,10 +145,12 @@ pub fn start_agent_with(args: &[String], envs: &[(&str, String)]) -> (Reaped, Lo
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("sampler attached") {
+            // kept before the signal: a caller woken by it reads the line
+            let attached = line.contains("sampler attached");
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            if attached {
                 let _ = tx.send(());
             }
-            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("flowtel attached");

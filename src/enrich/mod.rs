@@ -2,8 +2,10 @@
 //! is ([`resources`], [`service_lists`], [`cloud_metadata`]), the pair's category, and which
 //! monitors it belongs to ([`monitors`]).
 //!
-//! Pure once built: the lists are read and the metadata service asked at startup only.
+//! Pure once built (the lists are read and the metadata service asked at startup only), except
+//! for [`kubernetes`], whose names follow the API server's watches.
 pub mod cloud_metadata;
+pub mod kubernetes;
 pub mod monitors;
 mod prefixes;
 pub mod resources;
@@ -30,6 +32,7 @@ pub enum EnrichError {
 pub struct Enricher {
     classifier: Classifier,
     monitors: Vec<Monitor>,
+    kubernetes: Option<Arc<kubernetes::Kubernetes>>,
 }
 
 impl Enricher {
@@ -42,7 +45,21 @@ impl Enricher {
         let host = detected.unwrap_or_default().overridden_by(&resources.host);
         let classifier = Classifier::new(resources, host)?;
         let monitors = monitors::compile(monitors, &classifier.known_names())?;
-        Ok(Self { classifier, monitors })
+        Ok(Self {
+            classifier,
+            monitors,
+            kubernetes: None,
+        })
+    }
+
+    /// Adds pod attribution.
+    pub fn with_kubernetes(mut self, kubernetes: Arc<kubernetes::Kubernetes>) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
+    }
+
+    pub fn kubernetes(&self) -> Option<&Arc<kubernetes::Kubernetes>> {
+        self.kubernetes.as_ref()
     }
 
     pub fn classify(&self, key: &FlowKey) -> PairContext {

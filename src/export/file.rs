@@ -130,6 +130,8 @@ mod tests {
             series: vec![Series {
                 id: SeriesId::Pair(key, context()),
                 process: None,
+                original: None,
+                kubernetes: None,
                 start: t0,
                 values: counters.clone(),
                 delta: counters,

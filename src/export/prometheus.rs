@@ -61,9 +61,33 @@ fn labels(series: &Series, peer_addresses: &PeerAddresses, extra: &[(&str, &str)
             for (k, v) in context_attributes(context) {
                 pairs.push((k.replace('.', "_"), v.to_string()));
             }
+            if let Some(original) = series.original {
+                pairs.push((
+                    "flowtel_peer_original_address".into(),
+                    peer_addresses.show(original.ip()),
+                ));
+                pairs.push(("flowtel_peer_original_port".into(), original.port().to_string()));
+            }
+            if let Some(k8s) = &series.kubernetes {
+                pairs.extend(
+                    k8s.attributes()
+                        .into_iter()
+                        .map(|(k, v)| (k.replace('.', "_"), v.to_string())),
+                );
+            }
         }
         SeriesId::Overflow => pairs.push(("flowtel_flow_overflow".into(), "true".into())),
         SeriesId::Monitor(name) => pairs.push(("flowtel_monitor".into(), name.to_string())),
+        SeriesId::Workload(workload) => {
+            pairs.push(("server_port".into(), workload.service_port.to_string()));
+            pairs.push(("network_tcp_handshake_role".into(), workload.role.as_str().into()));
+            pairs.extend(
+                workload
+                    .attributes()
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('.', "_"), v.to_string())),
+            );
+        }
     }
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
@@ -393,6 +417,8 @@ mod tests {
                 Series {
                     id: SeriesId::Pair(key, context()),
                     process: Some("cu\"rl".into()),
+                    original: None,
+                    kubernetes: None,
                     start: t,
                     values: values.clone(),
                     delta: values,
@@ -400,6 +426,8 @@ mod tests {
                 Series {
                     id: SeriesId::Overflow,
                     process: None,
+                    original: None,
+                    kubernetes: None,
                     start: t,
                     values: FlowCounters::default(),
                     delta: FlowCounters::default(),

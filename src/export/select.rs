@@ -9,11 +9,13 @@
 //!   overflow series, which therefore only grows. A pair selected again later starts a new series
 //!   with a new start time.
 //!
-//! Pure: the table and the time are passed in.
-use crate::export::redact::PeerAddresses;
+//! Pure but for the Kubernetes names: the table and the time are passed in.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::enrich::kubernetes::{PodAttributes, Rollup, WorkloadPair};
+use crate::export::redact::PeerAddresses;
 
 use crate::enrich::{Enricher, PairContext};
 use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable, PairSnapshots};
@@ -74,6 +76,10 @@ pub enum SeriesId {
     /// A monitor's rollup of every pair it selects. Not additive with the other series: a pair
     /// counts in its own or the overflow series, and in each monitor it belongs to.
     Monitor(Arc<str>),
+    /// `kubernetes.rollup = "workload"`: every pair between the same two workloads (or a
+    /// workload and a Service) on the same port. Additive: such pairs have no series of their
+    /// own.
+    Workload(Arc<WorkloadPair>),
 }
 
 /// One exported series.
@@ -82,6 +88,11 @@ pub struct Series {
     pub id: SeriesId,
     /// `process.executable.name`, where known.
     pub process: Option<String>,
+    /// Where NAT reversal found the peer behind another address: the address the client
+    /// connected to.
+    pub original: Option<std::net::SocketAddr>,
+    /// Pod, workload and Service names of both ends, where known.
+    pub kubernetes: Option<Arc<PodAttributes>>,
     /// When this series started counting.
     pub start: SystemTime,
     /// Cumulative since `start`; `active` is the current gauge.
@@ -149,6 +160,8 @@ pub struct SeriesSelector {
     previous_totals: FlowCounters,
     /// Each monitor's cumulative counters since the agent started, by name.
     rollups: HashMap<Arc<str>, FlowCounters>,
+    /// Each workload pair's cumulative counters, since it began, and when it was last busy.
+    workloads: HashMap<Arc<WorkloadPair>, (FlowCounters, SystemTime, SystemTime)>,
 }
 
 impl SeriesSelector {
@@ -161,6 +174,7 @@ impl SeriesSelector {
             previous: PairSnapshots::default(),
             previous_totals: FlowCounters::default(),
             rollups: HashMap::new(),
+            workloads: HashMap::new(),
         }
     }
 
@@ -186,6 +200,12 @@ impl SeriesSelector {
         // one interval delta per pair, reused for ranking, the series, the overflow and monitors
         // the classification, when monitors needed it, travels with the pair to its series
         let mut ranked: Vec<Ranked<'_>> = Vec::new();
+        let kubernetes = enricher.kubernetes();
+        let clock = Instant::now();
+        let index = kubernetes.map(|k| k.index(clock));
+        let rollup_workloads = kubernetes.is_some_and(|k| k.rollup() == Rollup::Workload);
+        let mut workload_delta: HashMap<Arc<WorkloadPair>, FlowCounters> = HashMap::new();
+        let mut pod_attributes: HashMap<FlowKey, Arc<PodAttributes>> = HashMap::new();
         for pair in &pairs {
             let delta = pair.counters.since(self.previous.of(pair));
             let mut context = None;
@@ -198,6 +218,29 @@ impl SeriesSelector {
                     }
                 }
                 context = Some(Arc::new(c));
+            }
+            if let (Some(k), Some(index)) = (kubernetes, index.as_deref()) {
+                if let Some(attributes) = k.attributes(pair, index, clock) {
+                    // workload series are bounded like pair series: at most top_k of them
+                    let rolled = rollup_workloads
+                        .then(|| attributes.rollup_key(&pair.key))
+                        .flatten()
+                        .map(Arc::new)
+                        .filter(|w| {
+                            self.workloads.contains_key(w)
+                                || workload_delta.contains_key(w)
+                                || self.workloads.len() + workload_delta.len() < self.config.top_k
+                        });
+                    if let Some(workload) = rolled {
+                        let into = workload_delta.entry(workload).or_default();
+                        let active = into.active + pair.counters.active;
+                        into.add(&delta);
+                        into.active = active;
+                        // its totals are in the workload's series
+                        continue;
+                    }
+                    pod_attributes.insert(pair.key, attributes);
+                }
             }
             // pairs idle (no traffic, no live connection) for stale_after stop being exported
             let busy = delta.has_activity() || pair.counters.active > 0;
@@ -240,6 +283,8 @@ impl SeriesSelector {
                     context.unwrap_or_else(|| Arc::new(enricher.classify(&pair.key))),
                 ),
                 process: pair.owner.comm.clone(),
+                original: pair.original,
+                kubernetes: pod_attributes.remove(&pair.key),
                 start: selected.start,
                 values,
                 delta,
@@ -252,16 +297,57 @@ impl SeriesSelector {
             .filter(|p| !next.contains_key(&p.key))
             .map(|p| p.counters.active)
             .sum();
-        let mut overflow = table.totals().saturating_sub(&in_series);
+        // workload series: add this interval, drop those idle for stale_after (their totals then
+        // count in the overflow series, as a dropped pair's do)
+        let mut workload_series = Vec::new();
+        let mut in_workloads = FlowCounters::default();
+        let mut delta_in_workloads = FlowCounters::default();
+        let mut this_interval: HashMap<Arc<WorkloadPair>, FlowCounters> = HashMap::new();
+        for (values, _, _) in self.workloads.values_mut() {
+            values.active = 0;
+        }
+        for (workload, delta) in workload_delta {
+            this_interval.insert(Arc::clone(&workload), delta.clone());
+            let entry = self
+                .workloads
+                .entry(workload)
+                .or_insert_with(|| (FlowCounters::default(), self.last_export, now));
+            entry.0.add(&delta);
+            entry.0.active = delta.active;
+            if delta.has_activity() || delta.active > 0 {
+                entry.2 = now;
+            }
+            delta_in_workloads.add(&delta);
+        }
+        let stale_after = self.config.stale_after;
+        self.workloads
+            .retain(|_, (_, _, busy)| now.duration_since(*busy).unwrap_or_default() < stale_after);
+        for (workload, (values, start, _)) in &self.workloads {
+            in_workloads.add(values);
+            workload_series.push(Series {
+                id: SeriesId::Workload(Arc::clone(workload)),
+                process: None,
+                original: None,
+                kubernetes: None,
+                start: *start,
+                values: values.clone(),
+                delta: this_interval.remove(workload).unwrap_or_default(),
+            });
+        }
+
+        let mut overflow = table.totals().saturating_sub(&in_series).saturating_sub(&in_workloads);
         overflow.active = overflow_active;
         let mut overflow_delta = table
             .totals()
             .saturating_sub(&self.previous_totals)
-            .saturating_sub(&delta_in_series);
+            .saturating_sub(&delta_in_series)
+            .saturating_sub(&delta_in_workloads);
         overflow_delta.active = overflow_active;
         series.push(Series {
             id: SeriesId::Overflow,
             process: None,
+            original: None,
+            kubernetes: None,
             start: self.started,
             values: overflow,
             delta: overflow_delta,
@@ -274,12 +360,15 @@ impl SeriesSelector {
             series.push(Series {
                 id: SeriesId::Monitor(Arc::clone(&monitor.name)),
                 process: None,
+                original: None,
+                kubernetes: None,
                 start: self.started,
                 values: total.clone(),
                 delta,
             });
         }
 
+        series.extend(workload_series);
         self.selected = next;
         self.previous = PairSnapshots::take(pairs.iter().copied());
         self.previous_totals = table.totals().clone();

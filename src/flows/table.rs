@@ -51,6 +51,10 @@ pub struct FlowPair {
     /// does not continue: consumers keeping per-pair state compare it.
     #[serde(skip)]
     pub incarnation: u64,
+    /// For a client pair whose peer was found through NAT reversal: the address the client
+    /// connected to (a Kubernetes ClusterIP, say). The latest one seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<std::net::SocketAddr>,
 }
 
 /// Each pair's counters as an interval-reporting consumer (export, health, `top`) last saw
@@ -182,6 +186,7 @@ impl FlowTable {
                         owner: Owner::default(),
                         last_active: now,
                         incarnation: self.next_incarnation,
+                        original: None,
                     };
                     self.next_incarnation += 1;
                     Self::merge(&mut pair, delta, owner, now, walked);
@@ -202,6 +207,15 @@ impl FlowTable {
         pair.owner.update(owner);
         if delta.has_activity() || delta.active > 0 {
             pair.last_active = now;
+        }
+    }
+
+    /// Records the original destination of pairs that NAT reversal translated.
+    pub fn note_originals(&mut self, originals: &[(FlowKey, std::net::SocketAddr)]) {
+        for (key, original) in originals {
+            if let Some(pair) = self.pairs.get_mut(key) {
+                pair.original = Some(*original);
+            }
         }
     }
 

@@ -10,7 +10,8 @@ unsafe impl plain::Plain for types::flowtel_pair_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::flowtel_pair_stats {}
 
-pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
+/// The pair key, and the client port (non-zero only for a NAT-reversal candidate).
+pub(super) fn pair_key(bytes: &[u8]) -> Option<(FlowKey, u16)> {
     let mut raw = types::flowtel_pair_key::default();
     plain::copy_from_bytes(&mut raw, bytes).ok()?;
     let (local, remote) = match raw.family {
@@ -30,12 +31,15 @@ pub(super) fn pair_key(bytes: &[u8]) -> Option<FlowKey> {
         r if r == types::flowtel_role::FLOWTEL_ROLE_SERVER.0 => Role::Server,
         _ => return None,
     };
-    Some(FlowKey {
-        local,
-        remote,
-        service_port: raw.service_port,
-        role,
-    })
+    Some((
+        FlowKey {
+            local,
+            remote,
+            service_port: raw.service_port,
+            role,
+        },
+        raw.client_port,
+    ))
 }
 
 fn histogram(count: u64, sum_us: u64, buckets: &[u32]) -> Log2Histogram {
@@ -115,7 +119,7 @@ mod tests {
         };
         raw.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         raw.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        let (key, _) = pair_key(&key_bytes(&raw)).expect("valid key");
         assert_eq!(key.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(key.remote, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
         assert_eq!(key.service_port, 443);
@@ -132,7 +136,7 @@ mod tests {
         };
         raw.local_addr = Ipv6Addr::LOCALHOST.octets();
         raw.remote_addr = Ipv6Addr::LOCALHOST.octets();
-        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        let (key, _) = pair_key(&key_bytes(&raw)).expect("valid key");
         assert_eq!(key.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(key.role, Role::Server);
         raw.family = 9;

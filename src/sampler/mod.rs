@@ -6,7 +6,9 @@
 //! reported through the cumulative overflow bucket; every drop is counted in [`AgentCounters`].
 //! This is the only module that touches libbpf-rs or generated skeleton types.
 mod cgroup;
+mod conntrack;
 mod decode;
+pub mod nat;
 mod netns;
 mod preflight;
 
@@ -87,6 +89,11 @@ pub struct SamplerConfig {
     /// (about 1.5 us per live one, 0.45 us per TIME_WAIT one), so many live sockets want it
     /// sparser than the poll, which only drains the pair map.
     pub walk_interval: Duration,
+    /// NAT reversal: client connections to these destinations are looked up in conntrack and
+    /// keyed by their real peer. Loaded with the programs; `Sampler::set_nat_destinations`
+    /// changes the list later (Kubernetes ClusterIPs come and go).
+    pub nat: bool,
+    pub nat_destinations: Vec<ipnet::IpNet>,
 }
 
 impl Default for SamplerConfig {
@@ -97,6 +104,8 @@ impl Default for SamplerConfig {
             listener_map_capacity: DEFAULT_LISTENER_MAP_CAPACITY,
             per_ack_rtt: false,
             walk_interval: Duration::ZERO,
+            nat: false,
+            nat_destinations: Vec::new(),
         }
     }
 }
@@ -135,6 +144,10 @@ pub struct KernelSample {
     pub namespaces_unreadable: usize,
     pub walk_time: Duration,
     pub poll_time: Duration,
+    /// The destination each pair translated by NAT reversal this poll connected to.
+    pub nat_originals: Vec<(crate::flows::FlowKey, std::net::SocketAddr)>,
+    /// NAT reversal's counters, cumulative.
+    pub nat: nat::NatStats,
 }
 
 /// A poll that comes a little early still walks: polls are paced by sleeps, not by the clock.
@@ -154,6 +167,9 @@ pub struct Sampler {
     target: CgroupTarget,
     walk_interval: Duration,
     last_walk: Option<Instant>,
+    nat: Option<nat::NatResolver>,
+    /// The prefixes now in the kernel's NAT-destination map.
+    nat_destinations: Vec<ipnet::IpNet>,
 }
 
 impl Sampler {
@@ -181,6 +197,7 @@ impl Sampler {
         rodata.flowtel_per_ack_rtt = config.per_ack_rtt;
         rodata.flowtel_cgroup_id = target.id;
         rodata.flowtel_cgroup_level = target.level;
+        rodata.flowtel_nat = config.nat;
         let sizing = [
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
@@ -224,7 +241,7 @@ impl Sampler {
             .map_err(|source| load_error("attaching the iter/tcp socket walk", source))?;
         tracing::info!(cgroup = %target.path.display(), pair_map_capacity = config.pair_map_capacity, "sampler attached");
 
-        Ok(Self {
+        let mut sampler = Self {
             skel,
             _sockops_link: sockops_link,
             _close_links: close_links,
@@ -235,7 +252,46 @@ impl Sampler {
             target,
             walk_interval: config.walk_interval,
             last_walk: None,
-        })
+            nat: config.nat.then(nat::NatResolver::new),
+            nat_destinations: Vec::new(),
+        };
+        if config.nat {
+            let left_out = sampler.set_nat_destinations(&config.nat_destinations)?;
+            if left_out > 0 {
+                tracing::warn!(
+                    left_out,
+                    capacity = NAT_DESTINATIONS_CAPACITY,
+                    "NAT destinations beyond the capacity are not reversed"
+                );
+            }
+        }
+        Ok(sampler)
+    }
+
+    /// Replaces the destinations whose connections NAT reversal looks up; returns how many were
+    /// left out for want of room (the map holds [`NAT_DESTINATIONS_CAPACITY`] prefixes).
+    pub fn set_nat_destinations(&mut self, destinations: &[ipnet::IpNet]) -> Result<usize, SamplerError> {
+        let wanted: std::collections::HashSet<ipnet::IpNet> = destinations.iter().map(ipnet::IpNet::trunc).collect();
+        let map = &self.skel.maps.nat_destinations;
+        for old in self.nat_destinations.iter().filter(|p| !wanted.contains(p)) {
+            // already gone is fine
+            let _ = map.delete(&nat_prefix_key(old));
+        }
+        let mut kept = Vec::with_capacity(wanted.len());
+        let mut left_out = 0;
+        for prefix in wanted {
+            if kept.len() >= NAT_DESTINATIONS_CAPACITY {
+                left_out += 1;
+                continue;
+            }
+            match map.update(&nat_prefix_key(&prefix), &[1u8], MapFlags::ANY) {
+                Ok(()) => kept.push(prefix),
+                // full (E2BIG / ENOMEM)
+                Err(_) => left_out += 1,
+            }
+        }
+        self.nat_destinations = kept;
+        Ok(left_out)
     }
 
     pub fn target(&self) -> &CgroupTarget {
@@ -265,7 +321,13 @@ impl Sampler {
             &self.skel.maps.pairs_a
         };
         let mut counters = AgentCounters::default();
-        let (pairs, pair_map_entries) = drain(inner, &mut counters)?;
+        let (mut pairs, pending, pair_map_entries) = drain(inner, &mut counters)?;
+        let mut nat_originals = Vec::new();
+        if let Some(resolver) = self.nat.as_mut() {
+            let resolved = resolver.resolve(pending);
+            pairs.extend(resolved.pairs);
+            nat_originals = resolved.originals;
+        }
 
         let overflow_total = self.read_overflow()?;
         let overflow = overflow_total.saturating_sub(&self.overflow_seen);
@@ -282,6 +344,8 @@ impl Sampler {
             namespaces_unreadable: self.namespaces.unreadable,
             walk_time,
             poll_time: started.elapsed(),
+            nat_originals,
+            nat: self.nat.as_ref().map(|n| n.stats).unwrap_or_default(),
         })
     }
 
@@ -360,10 +424,29 @@ impl Sampler {
     }
 }
 
+/// Prefixes the kernel's NAT-destination map holds at most (its max_entries).
+pub const NAT_DESTINATIONS_CAPACITY: usize = 16_384;
+
+/// An LPM key: IPv4 v4-mapped, as the programs look it up.
+fn nat_prefix_key(prefix: &ipnet::IpNet) -> Vec<u8> {
+    let (len, addr) = match prefix {
+        ipnet::IpNet::V4(p) => (u32::from(p.prefix_len()) + 96, p.addr().to_ipv6_mapped().octets()),
+        ipnet::IpNet::V6(p) => (u32::from(p.prefix_len()), p.addr().octets()),
+    };
+    let mut key = len.to_ne_bytes().to_vec();
+    key.extend_from_slice(&addr);
+    key
+}
+
 /// Reads and empties an inner pair map that no program writes any more.
-fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<PairDelta>, usize), SamplerError> {
+/// Entries with a client port (NAT-reversal candidates) come back apart, to be resolved.
+fn drain(
+    inner: &impl MapCore,
+    counters: &mut AgentCounters,
+) -> Result<(Vec<PairDelta>, Vec<nat::Pending>, usize), SamplerError> {
     let keys: Vec<Vec<u8>> = inner.keys().collect();
     let mut pairs = Vec::with_capacity(keys.len());
+    let mut pending = Vec::new();
     for key in &keys {
         let values = inner
             .lookup_percpu(key, MapFlags::ANY)
@@ -373,13 +456,22 @@ fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<Pair
             })?;
         let Some(values) = values else { continue };
         match decode::pair_key(key) {
-            Some(flow) => {
+            Some((flow, client_port)) => {
                 let (counters, owner) = decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice));
-                pairs.push(PairDelta {
-                    key: flow,
-                    counters,
-                    owner,
-                });
+                if client_port == 0 {
+                    pairs.push(PairDelta {
+                        key: flow,
+                        counters,
+                        owner,
+                    });
+                } else {
+                    pending.push(nat::Pending {
+                        key: flow,
+                        client_port,
+                        counters,
+                        owner,
+                    });
+                }
             }
             None => counters.undecodable_pairs += 1,
         }
@@ -393,7 +485,7 @@ fn drain(inner: &impl MapCore, counters: &mut AgentCounters) -> Result<(Vec<Pair
                 source,
             })?;
     }
-    Ok((pairs, keys.len()))
+    Ok((pairs, pending, keys.len()))
 }
 
 fn load_error(what: &str, source: libbpf_rs::Error) -> SamplerError {

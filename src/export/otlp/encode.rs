@@ -55,6 +55,8 @@ pub mod names {
     pub const PEER_REGION: &str = "flowtel.peer.region";
     pub const PEER_SERVICE: &str = "flowtel.peer.service";
     pub const MONITOR: &str = "flowtel.monitor";
+    pub const PEER_ORIGINAL_ADDRESS: &str = "flowtel.peer.original.address";
+    pub const PEER_ORIGINAL_PORT: &str = "flowtel.peer.original.port";
 
     pub const AGENT_FLOW_PAIRS: &str = "flowtel.agent.flow_pairs";
     pub const AGENT_PAIR_MAP_ENTRIES: &str = "flowtel.agent.pair_map.entries";
@@ -190,9 +192,27 @@ fn series_attributes(series: &Series, peer_addresses: &PeerAddresses) -> Vec<Key
                 attrs.push(kv_str(names::PROCESS_NAME, process.clone()));
             }
             attrs.extend(context_attributes(context).into_iter().map(|(k, v)| kv_str(k, v)));
+            if let Some(original) = series.original {
+                attrs.push(kv_str(names::PEER_ORIGINAL_ADDRESS, peer_addresses.show(original.ip())));
+                attrs.push(kv(
+                    names::PEER_ORIGINAL_PORT,
+                    any_value::Value::IntValue(i64::from(original.port())),
+                ));
+            }
+            if let Some(k8s) = &series.kubernetes {
+                attrs.extend(k8s.attributes().into_iter().map(|(k, v)| kv_str(k, v)));
+            }
         }
         SeriesId::Overflow => attrs.push(kv(names::OVERFLOW, any_value::Value::BoolValue(true))),
         SeriesId::Monitor(name) => attrs.push(kv_str(names::MONITOR, &**name)),
+        SeriesId::Workload(workload) => {
+            attrs.push(kv(
+                names::SERVER_PORT,
+                any_value::Value::IntValue(i64::from(workload.service_port)),
+            ));
+            attrs.push(kv_str(names::HANDSHAKE_ROLE, workload.role.as_str()));
+            attrs.extend(workload.attributes().into_iter().map(|(k, v)| kv_str(k, v)));
+        }
     }
     attrs
 }
@@ -710,6 +730,8 @@ mod tests {
                 Series {
                     id: SeriesId::Pair(key, context()),
                     process: Some("psql".into()),
+                    original: None,
+                    kubernetes: None,
                     start: t0,
                     values: pair.clone(),
                     delta: pair,
@@ -717,6 +739,8 @@ mod tests {
                 Series {
                     id: SeriesId::Overflow,
                     process: None,
+                    original: None,
+                    kubernetes: None,
                     start: t0,
                     values: overflow.clone(),
                     delta: overflow,
