@@ -54,7 +54,11 @@ pub fn kubernetes(config: &Config) -> anyhow::Result<Option<Arc<Kubernetes>>> {
         }
         None => None,
     };
-    let root = crate::sampler::cgroup2_root()?;
+    // the hierarchy the sampler watches (in a pod: the host's, mounted at sampler.cgroup_path)
+    let root = match &config.sampler.cgroup_path {
+        Some(path) => path.clone(),
+        None => crate::sampler::cgroup2_root()?,
+    };
     Ok(Some(Arc::new(Kubernetes::new(root, api, section.rollup))))
 }
 
@@ -248,7 +252,7 @@ impl NatDestinations {
             return;
         }
         match monitor.sampler_mut().set_nat_destinations(&wanted) {
-            Ok(0) => tracing::debug!(destinations = wanted.len(), "NAT destinations updated"),
+            Ok(0) => tracing::info!(destinations = wanted.len(), "NAT destinations updated"),
             Ok(left_out) => tracing::warn!(
                 left_out,
                 "NAT destinations beyond the kernel map's capacity are not reversed"

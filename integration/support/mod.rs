@@ -16,6 +16,7 @@ use flowtel::monitor::Monitor;
 use flowtel::sampler::SamplerConfig;
 
 pub mod agent;
+pub mod fake_kube;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

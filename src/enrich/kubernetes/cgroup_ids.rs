@@ -29,7 +29,7 @@ impl CgroupIds {
         }
     }
 
-    /// The cgroup's path relative to the hierarchy's root (`/kubepods.slice/...`).
+    /// The cgroup's path (`<root>/kubepods.slice/...`).
     pub fn path(&mut self, id: u64, now: Instant) -> Option<Arc<str>> {
         if let Some(p) = self.paths.get(&id) {
             return Some(Arc::clone(p));
@@ -49,9 +49,10 @@ impl CgroupIds {
             return;
         }
         if let Ok(meta) = std::fs::metadata(dir) {
-            let relative = dir.strip_prefix(&self.root).unwrap_or(dir);
+            // the full path: the root may be a subtree (sampler.cgroup_path) or a host mount
+            // (/host/sys/fs/cgroup), and the parser looks for the kubepods level anywhere
             self.paths
-                .insert(meta.ino(), Arc::from(format!("/{}", relative.display()).as_str()));
+                .insert(meta.ino(), Arc::from(dir.display().to_string().as_str()));
         }
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
@@ -74,10 +75,7 @@ mod tests {
         let ino = |p: &Path| std::fs::metadata(p).expect("meta").ino();
         let mut ids = CgroupIds::new(dir.path().to_path_buf());
         let t0 = Instant::now();
-        assert_eq!(
-            ids.path(ino(&pod), t0).as_deref(),
-            Some("/kubepods.slice/kubepods-pod1.slice")
-        );
+        assert_eq!(ids.path(ino(&pod), t0).as_deref(), pod.to_str());
         let later = pod.join("cri-containerd-abc.scope");
         std::fs::create_dir(&later).expect("dir");
         assert_eq!(
@@ -85,9 +83,6 @@ mod tests {
             None,
             "not rescanned yet"
         );
-        assert_eq!(
-            ids.path(ino(&later), t0 + RESCAN_EVERY).as_deref(),
-            Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope")
-        );
+        assert_eq!(ids.path(ino(&later), t0 + RESCAN_EVERY).as_deref(), later.to_str());
     }
 }
