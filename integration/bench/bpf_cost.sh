@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # BPF cost per short connection, from the kernel's own accounting (kernel.bpf_stats_enabled):
 # ns per invocation, invocations per connection (both ends), BPF time per connection, for an
-# empty sock_ops program (the floor), flowtel's default, and flowtel with per-ACK RTT samples.
+# empty sock_ops program (the floor), flowtel's default, flowtel with per-ACK RTT samples, and NAT
+# reversal on: "nat" with a destination list the churn never hits (the kernel's LPM lookup on each
+# client key), "nat_hit" with 127.0.0.0/8 listed (every connection kept apart in the kernel and
+# looked up in conntrack by user space).
 # flowtel's figures sum its sock_ops program and its close folds (tp_btf tcp_destroy_sock, tcp_send_reset, tcp_receive_reset).
 # The arms run interleaved for ROUNDS rounds; medians with min..max are printed, since single
 # rounds swing by 10-20% on small VMs. Run as root.
-#   integration/bench/bpf_cost.sh [connections per round] [rounds]   (ARMS="default" to skip per_ack_rtt)
+#   integration/bench/bpf_cost.sh [connections per round] [rounds]
+#   ARMS="default nat nat_hit" picks arms (default: "default per_ack_rtt"); the arm "baseline" runs
+#   BASELINE_BIN (say, a build of an earlier commit in a worktree) with its defaults, interleaved
+#   with the others for a before/after comparison.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
 ROUNDS=${2:-5}
-BIN=target/release/flowtel
+BIN=${BIN:-target/release/flowtel}
 [ -x "$BIN" ] || cargo build --release
 work=$(mktemp -d)
 agent_pid=""
@@ -62,8 +68,14 @@ for round in $(seq "$ROUNDS"); do
   bpftool cgroup detach "$cgroup" sock_ops pinned "$pin"
   rm -f "$pin"; pin=""
   for arm in ${ARMS:-default per_ack_rtt}; do
-    FLOWTEL_SAMPLER__PER_ACK_RTT=$([ "$arm" = per_ack_rtt ] && echo true || echo false) \
-      FLOWTEL_LOG=info "$BIN" run 2>"$work/agent.log" &
+    # only what the arm changes: an older build (BIN=...) knows no [nat]
+    settings=(FLOWTEL_LOG=info)
+    [ "$arm" = per_ack_rtt ] && settings+=(FLOWTEL_SAMPLER__PER_ACK_RTT=true)
+    [ "$arm" = nat ] && settings+=('FLOWTEL_NAT__DESTINATIONS=["192.0.2.0/24"]')
+    [ "$arm" = nat_hit ] && settings+=('FLOWTEL_NAT__DESTINATIONS=["127.0.0.0/8"]')
+    bin=$BIN
+    [ "$arm" = baseline ] && bin=${BASELINE_BIN:?"the baseline arm needs BASELINE_BIN"}
+    env "${settings[@]}" "$bin" run 2>"$work/agent.log" &
     agent_pid=$!
     for _ in $(seq 100); do grep -q "sampler attached" "$work/agent.log" && break; sleep 0.1; done
     measure "$arm" flowtel_sockops,flowtel_destroy,flowtel_reset_sent,flowtel_reset_received flowtel_walk
@@ -79,7 +91,7 @@ def fmt(values, digits):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})"
 print("| arm | rounds | conn/s (python churn) | ns per call | calls per connection (both ends) | BPF us per connection | walk us per connection |")
 print("|---|---|---|---|---|---|---|")
-for arm in ["floor", "default", "per_ack_rtt"]:
+for arm in ["floor", "baseline", "default", "per_ack_rtt", "nat", "nat_hit"]:
     r = [x for x in rows if x["arm"] == arm]
     if not r:
         continue

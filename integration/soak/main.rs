@@ -12,7 +12,9 @@
 //! - **Memory:** after the warm-up (a sixth of the run, at least 30 s), the peak RSS of the second
 //!   half of the samples may exceed the first half's by at most 2 MiB or 5%.
 //!
-//! The length is `FLOWTEL_SOAK_SECS`: 180 (the CI-sized run) unless set;
+//! The length is `FLOWTEL_SOAK_SECS`: 180 (the CI-sized run) unless set; the loss,
+//! `FLOWTEL_SOAK_LOSS_PERCENT` (2); the churn, `FLOWTEL_SOAK_WORKERS` (2) pausing
+//! `FLOWTEL_SOAK_PAUSE_MS` (2) between connections;
 //! `integration/soak/run.sh` runs the full 30 minutes.
 #[path = "../support/mod.rs"]
 mod support;
@@ -46,13 +48,13 @@ struct Truth {
 struct Loss;
 
 impl Loss {
-    fn start(ports: [u16; 2]) -> Self {
+    fn start(ports: [u16; 2], percent: u32) -> Self {
         let set = format!("{{ {}, {} }}", ports[0], ports[1]);
         let script = format!(
             "add table inet {LOSS_TABLE}\n\
              add chain inet {LOSS_TABLE} in {{ type filter hook input priority -1; policy accept; }}\n\
-             add rule inet {LOSS_TABLE} in iifname \"lo\" tcp dport {set} numgen random mod 100 < 2 drop\n\
-             add rule inet {LOSS_TABLE} in iifname \"lo\" tcp sport {set} numgen random mod 100 < 2 drop\n"
+             add rule inet {LOSS_TABLE} in iifname \"lo\" tcp dport {set} numgen random mod 100 < {percent} drop\n\
+             add rule inet {LOSS_TABLE} in iifname \"lo\" tcp sport {set} numgen random mod 100 < {percent} drop\n"
         );
         let mut nft = Command::new("nft")
             .arg("-f")
@@ -96,7 +98,7 @@ fn churn_server(listener: TcpListener, stop: Arc<AtomicBool>) {
     }
 }
 
-fn churn_client(port: u16, stop: Arc<AtomicBool>, truth: Arc<Truth>) {
+fn churn_client(port: u16, stop: Arc<AtomicBool>, truth: Arc<Truth>, pause: Duration) {
     let mut response = vec![0u8; RESPONSE];
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -108,7 +110,7 @@ fn churn_client(port: u16, stop: Arc<AtomicBool>, truth: Arc<Truth>) {
         drop(c);
         truth.connections.fetch_add(1, Ordering::Relaxed);
         truth.churn_bytes.fetch_add(REQUEST as u64, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(pause);
     }
 }
 
@@ -187,6 +189,11 @@ fn usage(pid: u32) -> (u64, f64) {
     (rss, ticks / hz)
 }
 
+/// A number from the environment, or `default`.
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 #[test]
 fn soak_rss_stays_flat_and_totals_match_the_clients() {
     let _serial = serial();
@@ -195,6 +202,7 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
     let run = Duration::from_secs(seconds.max(60));
+    let loss_percent = knob("FLOWTEL_SOAK_LOSS_PERCENT", 2) as u32;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("metrics.jsonl");
     let (mut agent, _log) = start_agent(&[
@@ -210,16 +218,21 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
     let churn = churn_listener.local_addr().expect("addr").port();
     let bulk = bulk_listener.local_addr().expect("addr").port();
     let stop_load = Arc::new(AtomicBool::new(false));
+    // the server stops only after every client has: a connection still in its accept queue
+    // would otherwise be refused mid-exchange
+    let stop_server = Arc::new(AtomicBool::new(false));
     let truth = Arc::new(Truth::default());
     let server = {
-        let stop_load = stop_load.clone();
-        std::thread::spawn(move || churn_server(churn_listener, stop_load))
+        let stop_server = stop_server.clone();
+        std::thread::spawn(move || churn_server(churn_listener, stop_server))
     };
     let bulk_done = bulk_server(bulk_listener);
-    let clients: Vec<_> = (0..WORKERS)
+    let workers: usize = knob("FLOWTEL_SOAK_WORKERS", WORKERS as u64) as usize;
+    let pause = Duration::from_millis(knob("FLOWTEL_SOAK_PAUSE_MS", 2));
+    let clients: Vec<_> = (0..workers)
         .map(|_| {
             let (stop_load, truth) = (stop_load.clone(), truth.clone());
-            std::thread::spawn(move || churn_client(churn, stop_load, truth))
+            std::thread::spawn(move || churn_client(churn, stop_load, truth, pause))
         })
         .chain(std::iter::once({
             let (stop_load, truth) = (stop_load.clone(), truth.clone());
@@ -237,7 +250,7 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         std::thread::sleep(SAMPLE);
         let t = started.elapsed();
         match (&loss, t > run / 3 && t < run * 2 / 3) {
-            (None, true) => loss = Some(Loss::start([churn, bulk])),
+            (None, true) => loss = Some(Loss::start([churn, bulk], loss_percent)),
             (Some(_), false) => loss = None,
             _ => {}
         }
@@ -261,7 +274,7 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         assert!(agent.0.try_wait().expect("status").is_none(), "the agent died");
         // up to one connection per worker is in flight, already counted by the walk
         assert!(
-            conns <= now_truth.0 + WORKERS as u64 && churn_bytes <= now_truth.1 + (WORKERS * REQUEST) as u64,
+            conns <= now_truth.0 + workers as u64 && churn_bytes <= now_truth.1 + (workers * REQUEST) as u64,
             "flowtel counted more than the clients did: {conns} > {} or {churn_bytes} > {}",
             now_truth.0,
             now_truth.1
@@ -283,6 +296,7 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         c.join().expect("client");
     }
     bulk_done.join().expect("bulk server");
+    stop_server.store(true, Ordering::Relaxed);
     let _ = server.join();
     // every connection closed; two polls and an export later, flowtel has it all
     let expected = (
@@ -297,6 +311,17 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         last = flowtel_totals(&path, churn, bulk);
     }
     stop(&mut agent);
+    if last != expected {
+        // where did it go: every byte and connection point of the last export
+        for p in file_exports(&path).last().into_iter().flatten() {
+            if p.metric == "flowtel.tcp.bytes"
+                || p.metric == "flowtel.tcp.connections"
+                || p.metric == "flowtel.agent.dropped"
+            {
+                eprintln!("{} = {} {:?}", p.metric, p.value, p.attributes);
+            }
+        }
+    }
     let (cpu_first, cpu_last) = (
         samples.first().map_or(0.0, |s| s.2),
         samples.last().map_or(0.0, |s| s.2),

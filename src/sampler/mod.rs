@@ -327,6 +327,14 @@ impl Sampler {
             let resolved = resolver.resolve(pending);
             pairs.extend(resolved.pairs);
             nat_originals = resolved.originals;
+        } else {
+            // never expected without NAT reversal, but never dropped either: the table merges
+            // entries that share a key
+            pairs.extend(pending.into_iter().map(|p| PairDelta {
+                key: p.key,
+                counters: p.counters,
+                owner: p.owner,
+            }));
         }
 
         let overflow_total = self.read_overflow()?;
