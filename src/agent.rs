@@ -281,6 +281,7 @@ fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
             ("flow_table_evicted_for_room", stats.table.evicted_for_room),
             ("undecodable_pair", c.undecodable_pairs),
             ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
+            ("close_fold_skipped", c.close_fold_skipped),
         ],
         export_failures: 0,
         cpu_user_seconds: process.cpu_user_seconds,

@@ -8,7 +8,9 @@
 //!   the clients completed: flowtel's count must lie between the truth at the previous sample and
 //!   the truth now.
 //! - **At the end:** with the load stopped, the totals must equal the truth exactly, byte for byte
-//!   and connection for connection.
+//!   and connection for connection, unless the kernel skipped close folds (a tracing program
+//!   never runs nested on one CPU): then the agent must have counted them
+//!   (`close_fold_skipped`), and the shortfall must fit within them.
 //! - **Memory:** after the warm-up (a sixth of the run, at least 30 s), the peak RSS of the second
 //!   half of the samples may exceed the first half's by at most 2 MiB or 5%.
 //!
@@ -331,7 +333,28 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         "totals (connections, churn bytes, bulk bytes): truth {expected:?}, flowtel {last:?}; agent CPU {:.2}% of a core after warm-up",
         100.0 * (cpu_last - cpu_first) / span.max(1.0)
     );
-    assert_eq!(last, expected, "flowtel's totals equal the clients' exactly");
+    if last != expected {
+        // the one loss the kernel can cause: a close fold skipped because the same program was
+        // already running on that CPU. It must be counted, and it cannot explain more than one
+        // connection's bytes per skipped fold.
+        let skipped = file_exports(&path)
+            .last()
+            .map_or(0, |e| support::agent::dropped(e, "close_fold_skipped")) as u64;
+        eprintln!("totals differ; close_fold_skipped = {skipped}");
+        assert!(
+            skipped > 0,
+            "flowtel's totals differ from the clients' and no drop counter explains it"
+        );
+        assert_eq!(
+            last.0, expected.0,
+            "connections are counted when established, before any close fold"
+        );
+        assert!(
+            last.1 <= expected.1 && expected.1 - last.1 <= skipped * REQUEST as u64,
+            "churn bytes short by more than the skipped folds explain"
+        );
+        assert!(last.2 <= expected.2, "bulk bytes never exceed the truth");
+    }
 
     let half = samples.len() / 2;
     assert!(half >= 2, "too few samples after the warm-up: {}", samples.len());

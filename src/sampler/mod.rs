@@ -125,6 +125,11 @@ pub struct AgentCounters {
     pub walk_sockets: u64,
     /// Pair entries that could not be decoded (never expected).
     pub undecodable_pairs: u64,
+    /// Close folds the kernel skipped: a tracing program does not run nested on one CPU, so a
+    /// socket destroyed by a softirq while the same fold program runs in process context on
+    /// that CPU is not folded (the program's `recursion_misses`). What that socket counted since
+    /// the last walk is lost, and counted here.
+    pub close_fold_skipped: u64,
 }
 
 /// One poll's result.
@@ -213,6 +218,20 @@ impl Sampler {
         let skel = open
             .load()
             .map_err(|source| load_error("loading the BPF programs (verifier log above)", source))?;
+        // the destinations before the programs attach: a connection made as soon as the agent
+        // says it is attached is reversed too
+        let (nat_destinations, left_out) = if config.nat {
+            fill_nat_destinations(&skel.maps.nat_destinations, &[], &config.nat_destinations)
+        } else {
+            (Vec::new(), 0)
+        };
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                capacity = NAT_DESTINATIONS_CAPACITY,
+                "NAT destinations beyond the capacity are not reversed"
+            );
+        }
 
         let cgroup_dir = std::fs::File::open(&target.path).map_err(|_| SamplerError::CgroupPath {
             path: target.path.clone(),
@@ -241,7 +260,7 @@ impl Sampler {
             .map_err(|source| load_error("attaching the iter/tcp socket walk", source))?;
         tracing::info!(cgroup = %target.path.display(), pair_map_capacity = config.pair_map_capacity, "sampler attached");
 
-        let mut sampler = Self {
+        Ok(Self {
             skel,
             _sockops_link: sockops_link,
             _close_links: close_links,
@@ -253,43 +272,15 @@ impl Sampler {
             walk_interval: config.walk_interval,
             last_walk: None,
             nat: config.nat.then(nat::NatResolver::new),
-            nat_destinations: Vec::new(),
-        };
-        if config.nat {
-            let left_out = sampler.set_nat_destinations(&config.nat_destinations)?;
-            if left_out > 0 {
-                tracing::warn!(
-                    left_out,
-                    capacity = NAT_DESTINATIONS_CAPACITY,
-                    "NAT destinations beyond the capacity are not reversed"
-                );
-            }
-        }
-        Ok(sampler)
+            nat_destinations,
+        })
     }
 
     /// Replaces the destinations whose connections NAT reversal looks up; returns how many were
     /// left out for want of room (the map holds [`NAT_DESTINATIONS_CAPACITY`] prefixes).
     pub fn set_nat_destinations(&mut self, destinations: &[ipnet::IpNet]) -> Result<usize, SamplerError> {
-        let wanted: std::collections::HashSet<ipnet::IpNet> = destinations.iter().map(ipnet::IpNet::trunc).collect();
-        let map = &self.skel.maps.nat_destinations;
-        for old in self.nat_destinations.iter().filter(|p| !wanted.contains(p)) {
-            // already gone is fine
-            let _ = map.delete(&nat_prefix_key(old));
-        }
-        let mut kept = Vec::with_capacity(wanted.len());
-        let mut left_out = 0;
-        for prefix in wanted {
-            if kept.len() >= NAT_DESTINATIONS_CAPACITY {
-                left_out += 1;
-                continue;
-            }
-            match map.update(&nat_prefix_key(&prefix), &[1u8], MapFlags::ANY) {
-                Ok(()) => kept.push(prefix),
-                // full (E2BIG / ENOMEM)
-                Err(_) => left_out += 1,
-            }
-        }
+        let (kept, left_out) =
+            fill_nat_destinations(&self.skel.maps.nat_destinations, &self.nat_destinations, destinations);
         self.nat_destinations = kept;
         Ok(left_out)
     }
@@ -428,8 +419,59 @@ impl Sampler {
         counters.listener_map_full = read(types::flowtel_counter::FLOWTEL_CTR_LISTENER_MAP_FULL)?;
         counters.walk_sockets = read(types::flowtel_counter::FLOWTEL_CTR_WALK_SOCKETS)?;
         counters.no_tcp_sock = read(types::flowtel_counter::FLOWTEL_CTR_NO_TCP_SOCK)?;
+        let progs = &self.skel.progs;
+        counters.close_fold_skipped = [
+            progs.flowtel_destroy.as_fd(),
+            progs.flowtel_reset_sent.as_fd(),
+            progs.flowtel_reset_received.as_fd(),
+        ]
+        .into_iter()
+        .map(recursion_misses)
+        .sum();
         Ok(())
     }
+}
+
+/// A program's `recursion_misses`: invocations the kernel skipped because the program was
+/// already running on that CPU. 0 if the kernel will not say.
+fn recursion_misses(program: std::os::fd::BorrowedFd<'_>) -> u64 {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: `info` is a plain C struct of `len` bytes, which the kernel fills at most.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(program.as_raw_fd(), &mut info, &mut len) };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
+}
+
+/// Makes the kernel's NAT-destination map hold `wanted` instead of `current`: the prefixes kept,
+/// and how many did not fit.
+fn fill_nat_destinations(
+    map: &impl MapCore,
+    current: &[ipnet::IpNet],
+    wanted: &[ipnet::IpNet],
+) -> (Vec<ipnet::IpNet>, usize) {
+    let wanted: std::collections::HashSet<ipnet::IpNet> = wanted.iter().map(ipnet::IpNet::trunc).collect();
+    for old in current.iter().filter(|p| !wanted.contains(p)) {
+        // already gone is fine
+        let _ = map.delete(&nat_prefix_key(old));
+    }
+    let mut kept = Vec::with_capacity(wanted.len());
+    let mut left_out = 0;
+    for prefix in wanted {
+        if kept.len() >= NAT_DESTINATIONS_CAPACITY {
+            left_out += 1;
+            continue;
+        }
+        match map.update(&nat_prefix_key(&prefix), &[1u8], MapFlags::ANY) {
+            Ok(()) => kept.push(prefix),
+            // full (E2BIG / ENOMEM)
+            Err(_) => left_out += 1,
+        }
+    }
+    (kept, left_out)
 }
 
 /// Prefixes the kernel's NAT-destination map holds at most (its max_entries).
