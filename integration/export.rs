@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::agent::{lines, parse, start_agent, start_agent_with, start_rotel, stop, Point};
-use support::{free_port, http_get, Reaped};
+use support::{free_port, http_get, runtime, Reaped};
 
 fn exchange_known_bytes() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -454,13 +454,6 @@ fn certificates(dir: &std::path::Path) {
             .concat(),
         );
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// Waits up to `timeout` for the receiver to get a request; false if none came.

@@ -17,20 +17,12 @@ use std::time::{Duration, Instant};
 use flowtel::enrich::kubernetes::api::KubeApi;
 use support::agent::{file_exports, lines, start_agent, stop, FilePoint};
 use support::fake_kube::{self, FakeKube, PODS, REPLICA_SETS, SERVICES, SLICES};
-use support::{free_port, run, serial, VethPair};
+use support::{free_port, run, runtime, serial, wait_for, VethPair};
 
 const SERVICE_IP: &str = "10.207.0.10";
 const BACKEND_IP: &str = "10.77.0.2";
 const ROOT_SIDE_IP: &str = "10.77.0.1";
 const BACKEND_PORT: u16 = 8080;
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A backend namespace behind a veth from the root namespace, a route to the service address
 /// through it, and a DNAT rule in the root namespace's output hook (where kube-proxy puts it for
@@ -184,14 +176,6 @@ fn a_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
             .any(|p| p.metric == "flowtel.tcp.bytes" && p.attr("network.peer.address") == Some(SERVICE_IP)),
         "nothing left under the service address"
     );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 fn client(port: u16) -> kube::Client {
@@ -470,39 +454,13 @@ fn pod_flow(rollup: &str) -> Vec<FilePoint> {
         .status()
         .expect("the pod's client runs");
     assert!(status.success());
-    let metric_ok = |points: &[FilePoint]| transmitted(points) == 2500;
     wait_for("the pod's flow exported", Duration::from_secs(15), || {
-        let exports = file_exports(&path);
-        exports.last().is_some_and(|e| {
-            let ours: Vec<FilePoint> = e
-                .iter()
-                .filter(|p| {
-                    p.metric == "flowtel.tcp.bytes"
-                        && p.attr("server.port") == Some(&BACKEND_PORT.to_string())
-                        && p.attr("network.tcp.handshake.role") == Some("client")
-                })
-                .cloned()
-                .collect();
-            metric_ok(&ours)
-        })
+        transmitted(&backend_points(&path, "flowtel.tcp.bytes")) == 2500
     });
     stop(&mut agent);
     drop(cgroup);
     drop(lab);
-    let exports = file_exports(&path);
-    exports
-        .last()
-        .map(|e| {
-            e.iter()
-                .filter(|p| {
-                    p.metric == "flowtel.tcp.bytes"
-                        && p.attr("server.port") == Some(&BACKEND_PORT.to_string())
-                        && p.attr("network.tcp.handshake.role") == Some("client")
-                })
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
+    backend_points(&path, "flowtel.tcp.bytes")
 }
 
 #[test]

@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::agent::{
-    attached_cgroup, cgroup_programs, dropped, file_exports, flowtel_programs, lines, rotel_points, rss_bytes,
-    start_agent, start_rotel, stop, wait_listening, FilePoint, Point,
+    attached_cgroup, cgroup_programs, client_bytes, dropped, file_exports, flowtel_programs, lines, rotel_points,
+    rss_bytes, start_agent, start_rotel, stop, wait_listening, FilePoint, Point,
 };
-use support::{exchange, free_port, http_get, http_status, serial};
+use support::{drain_connections, exchange, free_port, http_get, http_status, serial, wait_for};
 
 /// Client-side bytes sent to server `port`, as rotel received them: the newest cumulative value
 /// (`delta`: false) or the sum of every delta point.
@@ -29,15 +29,6 @@ fn collected_bytes(points: &[Point], port: u16, delta: bool) -> (i64, Vec<String
     let values = ours.iter().filter_map(|p| p.value.as_deref()?.parse::<i64>().ok());
     let total = if delta { values.sum() } else { values.max().unwrap_or(0) };
     (total, ours.iter().filter_map(|p| p.start.clone()).collect())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn server() -> (TcpListener, SocketAddr, u16) {
@@ -344,20 +335,6 @@ fn sigterm_exports_detaches_and_exits_within_5_seconds() {
     });
 }
 
-/// Client-side bytes sent to `port` in one export, summed over the pairs that have series.
-fn client_bytes(export: &[FilePoint], port: u16) -> i64 {
-    export
-        .iter()
-        .filter(|p| {
-            p.metric == "flowtel.tcp.bytes"
-                && p.attr("server.port") == Some(&port.to_string())
-                && p.attr("network.tcp.handshake.role") == Some("client")
-                && p.attr("network.io.direction") == Some("transmit")
-        })
-        .map(|p| p.value)
-        .sum()
-}
-
 /// Transmitted bytes per peer address for `port` (client ends), and the overflow series'.
 fn per_peer(export: &[FilePoint], port: u16) -> (HashMap<String, i64>, i64) {
     let mut peers = HashMap::new();
@@ -386,17 +363,6 @@ fn send_to(a: u8, b: u8, port: u16, size: usize) {
     c.write_all(&vec![7u8; size]).expect("write");
 }
 
-fn drain(listener: TcpListener) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut conn, &mut std::io::sink());
-            });
-        }
-    })
-}
-
 /// 640 pairs closing within one poll against a 64-entry kernel map: folds beyond the capacity
 /// go to the overflow bucket and are counted; the pairs that were kept are exact; and once the
 /// storm has passed, a new pair is seen on its own again.
@@ -414,7 +380,7 @@ fn a_storm_of_ten_times_the_map_capacity_is_counted_kept_exact_and_recovers() {
     ]);
     let listener = TcpListener::bind("0.0.0.0:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let _drain = drain(listener);
+    let _drain = drain_connections(listener);
     // 320 connections, each to its own address with its own size: 640 pairs
     let size = |i: usize| 100 + i;
     let target = |i: usize| (1 + (i / 200) as u8, 1 + (i % 200) as u8);
@@ -473,7 +439,7 @@ fn the_flow_table_budget_evicts_idle_pairs_then_overflows_and_memory_stays_flat(
     ]);
     let listener = TcpListener::bind("0.0.0.0:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let _drain = drain(listener);
+    let _drain = drain_connections(listener);
     let mut sent = 0i64;
     let mut rss = Vec::new();
     for wave in 0..5u8 {

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowtel::export::redact::PeerAddresses;
-use support::agent::{file_exports, lines, start_agent, stop, FilePoint};
-use support::{free_port, http_get, serial};
+use support::agent::{client_bytes, file_exports, lines, start_agent, stop};
+use support::{drain_connections, free_port, http_get, serial, wait_for};
 
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -49,39 +49,9 @@ fn thread_capabilities(pid: u32) -> Vec<(String, u64, u64, u64, bool)> {
     threads
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn send(to: Ipv4Addr, port: u16, size: usize) {
     let mut c = TcpStream::connect((to, port)).expect("connect");
     c.write_all(&vec![3u8; size]).expect("write");
-}
-
-fn sink(listener: TcpListener) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let _ = std::io::copy(&mut conn, &mut std::io::sink());
-        }
-    });
-}
-
-fn client_bytes(export: &[FilePoint], port: u16) -> i64 {
-    export
-        .iter()
-        .filter(|p| {
-            p.metric == "flowtel.tcp.bytes"
-                && p.attr("server.port") == Some(&port.to_string())
-                && p.attr("network.tcp.handshake.role") == Some("client")
-                && p.attr("network.io.direction") == Some("transmit")
-        })
-        .map(|p| p.value)
-        .sum()
 }
 
 /// After attaching, no thread holds more than CAP_SYS_ADMIN and CAP_SYS_PTRACE (the poll
@@ -124,7 +94,7 @@ fn after_attaching_every_thread_drops_what_it_no_longer_needs() {
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    sink(listener);
+    drain_connections(listener);
     send(Ipv4Addr::LOCALHOST, port, 4321);
     wait_for("bytes counted after the drop", Duration::from_secs(10), || {
         file_exports(&path)
@@ -208,7 +178,7 @@ fn redacted_peer_addresses_leave_as_keyed_hashes_only() {
     ]);
     let listener = TcpListener::bind("0.0.0.0:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    sink(listener);
+    drain_connections(listener);
     let peer = Ipv4Addr::new(127, 0, 0, 77);
     send(peer, port, 2468);
     wait_for("the flow exported", Duration::from_secs(10), || {

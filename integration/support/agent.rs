@@ -243,6 +243,20 @@ pub fn file_exports(path: &std::path::Path) -> Vec<Vec<FilePoint>> {
         .collect()
 }
 
+/// Client-side bytes sent to `port` in one export, summed over the pairs that have series.
+pub fn client_bytes(export: &[FilePoint], port: u16) -> i64 {
+    export
+        .iter()
+        .filter(|p| {
+            p.metric == "flowtel.tcp.bytes"
+                && p.attr("server.port") == Some(&port.to_string())
+                && p.attr("network.tcp.handshake.role") == Some("client")
+                && p.attr("network.io.direction") == Some("transmit")
+        })
+        .map(|p| p.value)
+        .sum()
+}
+
 /// The agent's own `flowtel.agent.dropped` count for `reason` in one export.
 pub fn dropped(export: &[FilePoint], reason: &str) -> i64 {
     export

@@ -492,3 +492,34 @@ pub fn http_status(port: u16, path_and_query: &str) -> Option<(u16, String)> {
 pub fn http_get(port: u16, path_and_query: &str) -> Option<String> {
     http_status(port, path_and_query).map(|(_, body)| body)
 }
+
+/// Polls `done` every 100 ms until it holds; fails the test after `timeout`. Returns how long
+/// it took.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Accepts every connection on `listener` and reads each to its end, on threads of their own.
+pub fn drain_connections(listener: TcpListener) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    })
+}
+
+/// A multi-threaded tokio runtime for the in-process servers (fake API server, TLS receiver).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
