@@ -117,7 +117,9 @@ fn run_loop(
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let export_config = config.export_config(|name| std::env::var(name).ok())?;
-    let sampler_config = config.sampler_config();
+    let mut sampler_config = config.sampler_config();
+    // the API server's ClusterIPs join the NAT destinations once its watches have listed them
+    sampler_config.nat |= enricher.kubernetes().is_some_and(|k| k.api().is_some());
     let nat_reversal = sampler_config.nat;
     let mut monitor = Monitor::start(sampler_config, config.flow_table_config())?;
     probe.attached();

@@ -307,15 +307,10 @@ impl Config {
             listener_map_capacity: self.sampler.listener_map_capacity,
             per_ack_rtt: self.sampler.per_ack_rtt,
             walk_interval: Duration::from_millis(self.sampler.walk_interval_ms),
-            nat: !self.nat.destinations.is_empty() || self.kubernetes_api_on(),
+            // `flowtel run` also turns it on when it watches the Kubernetes API (ClusterIPs)
+            nat: !self.nat.destinations.is_empty(),
             nat_destinations: self.nat.destinations.clone(),
         }
-    }
-
-    /// Whether the Kubernetes API server is to be watched (which adds ClusterIPs to NAT reversal).
-    pub fn kubernetes_api_on(&self) -> bool {
-        let env = |name: &str| std::env::var(name).ok();
-        self.kubernetes.is_enabled(env) && matches!(self.kubernetes.client_config(env), Ok(Some(_)))
     }
 
     /// For the short, interactive views (`snapshot`, `top`): live sockets current at every poll.
