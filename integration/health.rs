@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use flowtel::health::{Attribution, GroupHealth, GroupId, HealthEvaluator, HealthThresholds, Reason, Status};
-use flowtel::monitor::Monitor;
+use flowtel::poller::Poller;
 use support::*;
 
 const EVAL_EVERY: Duration = Duration::from_secs(2);
@@ -15,17 +15,17 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const PORT: u16 = 9000;
 
 struct Observer<'a> {
-    monitor: Monitor,
+    poller: Poller,
     eval: HealthEvaluator,
     hub: &'a Hub,
 }
 
 impl<'a> Observer<'a> {
     fn new(hub: &'a Hub) -> Self {
-        let mut monitor = monitor();
-        monitor.poll(Instant::now()).expect("poll");
+        let mut poller = poller();
+        poller.poll(Instant::now()).expect("poll");
         Self {
-            monitor,
+            poller,
             eval: HealthEvaluator::new(HealthThresholds::default()),
             hub,
         }
@@ -36,14 +36,10 @@ impl<'a> Observer<'a> {
         let end = Instant::now() + EVAL_EVERY;
         while Instant::now() < end {
             std::thread::sleep(POLL_EVERY);
-            self.monitor.poll(Instant::now()).expect("poll");
+            self.poller.poll(Instant::now()).expect("poll");
         }
         let hub = self.hub;
-        self.eval
-            .evaluate(self.monitor.table(), &flowtel::enrich::Enricher::default(), |k| {
-                hub.is_hub_side(k)
-            })
-            .0
+        self.eval.evaluate(&self.poller.view(), |k| hub.is_hub_side(k)).0
     }
 }
 

@@ -15,7 +15,7 @@ const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
 fn closed_both(
-    m: &flowtel::monitor::Monitor,
+    m: &flowtel::poller::Poller,
     client: &flowtel::flows::FlowKey,
     server: &flowtel::flows::FlowKey,
     n: u64,
@@ -28,7 +28,7 @@ fn closed_both(
 #[test]
 fn bytes_are_exact_on_both_ends() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (server_got, client_got) = exchange(&listener, addr, 12_345, 54_321);
@@ -55,7 +55,7 @@ fn bytes_are_exact_on_both_ends() {
 fn churn_collapses_into_one_pair_per_end_and_loses_nothing() {
     let _serial = serial();
     const N: usize = 500;
-    let mut m = monitor();
+    let mut m = poller();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut client_ports = HashSet::new();
@@ -160,7 +160,7 @@ fn stream_from_server(
 #[test]
 fn random_loss_retransmits_match_the_kernel_mib() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = VethPair::new(3);
     let server = SocketAddr::new(hosts.server_v4, 8000);
     VethPair::nft_input_rule(
@@ -194,7 +194,7 @@ fn random_loss_retransmits_match_the_kernel_mib() {
 #[test]
 fn blackhole_mid_transfer_fires_rto_in_established_phase() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = VethPair::new(4);
     let server = SocketAddr::new(hosts.server_v4, 8000);
     let client_ns = hosts.client_ns.clone();
@@ -225,7 +225,7 @@ fn blackhole_mid_transfer_fires_rto_in_established_phase() {
 #[test]
 fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = VethPair::new(5);
     let server = SocketAddr::new(hosts.server_v4, 8001);
     VethPair::nft_input_rule(
@@ -274,7 +274,7 @@ fn syn_blackhole_counts_syn_phase_retransmits_and_timeouts() {
 #[test]
 fn refused_connect_counts_as_failed_refused() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
@@ -293,7 +293,7 @@ fn refused_connect_counts_as_failed_refused() {
 #[test]
 fn dropped_syn_with_short_timeout_counts_as_failed_timeout() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = VethPair::new(6);
     let server = SocketAddr::new(hosts.server_v4, 8002);
     VethPair::nft_input_rule(&hosts.server_ns, "tcp dport 8002 counter drop");
@@ -318,7 +318,7 @@ fn dropped_syn_with_short_timeout_counts_as_failed_timeout() {
 #[test]
 fn ipv6_over_loopback_and_veth() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let listener = TcpListener::bind("[::1]:0").expect("bind ::1");
     let addr = listener.local_addr().expect("addr");
     exchange(&listener, addr, 1_000, 2_000);
@@ -365,7 +365,7 @@ fn ipv6_over_loopback_and_veth() {
 #[test]
 fn v4_mapped_ipv6_folds_to_ipv4() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     // a dual-stack listener on :: accepting an IPv4 client: its socket is AF_INET6, v4-mapped
     let listener = TcpListener::bind("[::]:0").expect("bind ::");
     let port = listener.local_addr().expect("addr").port();
@@ -389,7 +389,7 @@ fn v4_mapped_ipv6_folds_to_ipv4() {
 #[test]
 fn tbf_queueing_delay_moves_the_rtt_histogram() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = VethPair::new(8);
     let baseline = SocketAddr::new(hosts.server_v4, 8004);
     let delayed = SocketAddr::new(hosts.server_v4, 8005);
@@ -484,7 +484,7 @@ fn tbf_queueing_delay_moves_the_rtt_histogram() {
 fn long_lived(in_namespaces: bool) {
     const SECONDS: u64 = 10;
     const CHUNK: usize = 32 * 1024;
-    let mut m = monitor();
+    let mut m = poller();
     let hosts = in_namespaces.then(|| VethPair::new(9));
     let (client_addr, server) = match &hosts {
         Some(h) => (h.client_v4, SocketAddr::new(h.server_v4, 8006)),
@@ -603,7 +603,7 @@ fn bash_client(cgroup: Option<&std::path::Path>, port: u16) {
 fn a_child_cgroup_sees_only_its_own_sockets() {
     let _serial = serial();
     let child = ChildCgroup::new();
-    let mut m = monitor_with(SamplerConfig {
+    let mut m = poller_with(SamplerConfig {
         cgroup_path: Some(child.0.clone()),
         ..Default::default()
     });
@@ -657,7 +657,7 @@ fn connections_opened_before_the_agent_are_adopted() {
     let mut buf = vec![0u8; 1000];
     server.read_exact(&mut buf).expect("read");
 
-    let mut m = monitor();
+    let mut m = poller();
     let (ck, sk) = pair_keys(LO4, LO4, addr.port());
     // the first walk finds both ends: a listener on the port makes one the server
     poll_until(&mut m, "both ends adopted", |m| {
@@ -684,7 +684,7 @@ fn connections_opened_before_the_agent_are_adopted() {
 #[test]
 fn abortive_close_counts_as_reset_with_exact_bytes() {
     let _serial = serial();
-    let mut m = monitor();
+    let mut m = poller();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut client = TcpStream::connect(addr).expect("connect");
@@ -729,8 +729,8 @@ fn read_to_end_or_reset(stream: &mut TcpStream) -> std::io::Result<usize> {
 fn two_agents_on_one_cgroup_both_count_exactly() {
     let _serial = serial();
     // another program on the same cgroup, with its own callback flags: here a second agent
-    let mut first = monitor();
-    let mut second = monitor();
+    let mut first = poller();
+    let mut second = poller();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     for _ in 0..20 {

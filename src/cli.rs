@@ -5,9 +5,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::contributors::RankMetric;
 use crate::enrich::Category;
-use crate::report::TopRequest;
+use crate::views::contributors::RankMetric;
+use crate::views::report::TopRequest;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,7 +75,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run => crate::agent::run(config).await,
         Command::Check => {
             config.export_config(|name| std::env::var(name).ok())?;
-            let enricher = crate::agent::enricher(&config).await?;
+            let enricher = crate::poller::enricher(&config).await?;
             println!(
                 "configuration OK: {} networks, {} service prefixes, {} monitors",
                 config.resources.networks.len(),
@@ -84,7 +84,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Top { once } => crate::top::run(config, once).await,
+        Command::Top { once } => crate::views::top::run(config, once).await,
         Command::Snapshot {
             seconds,
             json,
@@ -99,9 +99,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--top must be at least 1");
             }
             let top = top.map(|limit| TopRequest { limit, by, category });
-            let enricher = crate::agent::enricher(&config).await?;
+            let enricher = crate::poller::enricher(&config).await?;
             let snapshot =
-                tokio::task::spawn_blocking(move || crate::agent::snapshot(&config, &enricher, seconds, top))
+                tokio::task::spawn_blocking(move || crate::views::report::take(&config, enricher, seconds, top))
                     .await
                     .context("snapshot task panicked")??;
             if json {

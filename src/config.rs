@@ -11,17 +11,18 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::probes::ProbesSection;
 use crate::enrich::{MonitorSection, ResourcesSection};
 use crate::export::otlp::settings::{
     resolve, resolve_histograms, resolve_interval, resolve_temporality, OtlpSection, SettingsError,
 };
-use crate::export::otlp::{HistogramFormat, Temporality};
+use crate::export::otlp::HistogramFormat;
 use crate::export::prometheus::PrometheusSection;
 use crate::export::select::{DEFAULT_FAILURE_WEIGHT, DEFAULT_RETRANSMIT_WEIGHT, DEFAULT_TIMEOUT_WEIGHT};
+use crate::export::Temporality;
 use crate::export::{ExportConfig, RankBy, SelectionConfig, DEFAULT_STALE_AFTER, DEFAULT_TOP_K};
 use crate::flows::{FlowTableConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PAIRS};
 use crate::health::HealthThresholds;
-use crate::probes::ProbesSection;
 use crate::sampler::{SamplerConfig, DEFAULT_LISTENER_MAP_CAPACITY, DEFAULT_PAIR_MAP_CAPACITY};
 
 const ENV_PREFIX: &str = "FLOWTEL_";

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         // colour codes only for a person at a terminal, never in a log file or journald
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(|| -> Box<dyn std::io::Write> {
-            if flowtel::top::TERMINAL_IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+            if flowtel::views::top::TERMINAL_IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
                 Box::new(std::io::sink())
             } else {
                 Box::new(std::io::stderr())
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     runtime.enable_all();
     if cli.drops_privileges() {
         // the runtime's threads serve HTTP and send OTLP: they never need a capability
-        runtime.on_thread_start(flowtel::privileges::drop_runtime_thread);
+        runtime.on_thread_start(flowtel::agent::privileges::drop_runtime_thread);
     }
     let runtime = match runtime.build() {
         Ok(r) => r,

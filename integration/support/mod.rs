@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flowtel::flows::{FlowCounters, FlowKey, FlowTableConfig, Role};
-use flowtel::monitor::Monitor;
+use flowtel::poller::Poller;
 use flowtel::sampler::SamplerConfig;
 
 pub mod agent;
@@ -29,16 +29,16 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// How long a test waits for the kernel to report what it expects before failing.
 pub const SETTLE: Duration = Duration::from_secs(15);
 
-pub fn monitor() -> Monitor {
-    monitor_with(SamplerConfig::default())
+pub fn poller() -> Poller {
+    poller_with(SamplerConfig::default())
 }
 
-pub fn monitor_with(config: SamplerConfig) -> Monitor {
-    Monitor::start(config, FlowTableConfig::default()).expect("sampler starts (run the kernel tests as root)")
+pub fn poller_with(config: SamplerConfig) -> Poller {
+    Poller::start(config, FlowTableConfig::default()).expect("sampler starts (run the kernel tests as root)")
 }
 
 /// Polls until `done` holds for the table; panics with the last state otherwise.
-pub fn poll_until(monitor: &mut Monitor, what: &str, mut done: impl FnMut(&Monitor) -> bool) {
+pub fn poll_until(monitor: &mut Poller, what: &str, mut done: impl FnMut(&Poller) -> bool) {
     let deadline = Instant::now() + SETTLE;
     loop {
         monitor.poll(Instant::now()).expect("poll");
@@ -58,7 +58,7 @@ pub fn poll_until(monitor: &mut Monitor, what: &str, mut done: impl FnMut(&Monit
     }
 }
 
-pub fn counters(monitor: &Monitor, key: &FlowKey) -> FlowCounters {
+pub fn counters(monitor: &Poller, key: &FlowKey) -> FlowCounters {
     monitor.table().get(key).map(|p| p.counters.clone()).unwrap_or_default()
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Pure once built (the lists are read and the metadata service asked at startup only), except
 //! for [`kubernetes`], whose names follow the API server's watches.
+pub mod annotate;
 pub mod cloud_metadata;
 pub mod kubernetes;
 pub mod monitors;
@@ -13,11 +14,20 @@ pub mod service_lists;
 
 use std::sync::Arc;
 
+pub use annotate::{AnnotatedPair, Annotation, Annotations, FlowView};
 pub use monitors::{Monitor, MonitorError, MonitorSection};
 pub use prefixes::PrefixTable;
 pub use resources::{Category, Classifier, HostPlacement, PairContext, Placement, ResourcesError, ResourcesSection};
 
 use crate::flows::FlowKey;
+
+/// This host's name, from the kernel; `None` where unreadable.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
@@ -72,13 +82,5 @@ impl Enricher {
 
     pub fn monitors(&self) -> &[Monitor] {
         &self.monitors
-    }
-
-    /// The names of the monitors a pair belongs to.
-    pub fn monitors_of<'a>(&'a self, key: &'a FlowKey, context: &'a PairContext) -> impl Iterator<Item = &'a Arc<str>> {
-        self.monitors
-            .iter()
-            .filter(move |m| m.matches(key, context))
-            .map(|m| &m.name)
     }
 }

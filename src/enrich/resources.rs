@@ -26,7 +26,7 @@ use super::service_lists::{ServiceListError, ServiceListSource, ServiceTable};
 use crate::flows::FlowKey;
 
 /// `flowtel.flow.category`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     IntraZone,
@@ -35,6 +35,7 @@ pub enum Category {
     InterRegion,
     Service,
     Internet,
+    #[default]
     Unclassified,
 }
 
@@ -197,7 +198,7 @@ impl Placement {
 }
 
 /// A flow pair in the operator's terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PairContext {
     pub category: Category,
     pub local: Placement,

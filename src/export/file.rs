@@ -82,77 +82,21 @@ fn drop_nulls(value: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use std::io::BufRead;
-    use std::net::{IpAddr, Ipv6Addr};
-    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::export::otlp::{encode, names, Temporality};
-    use crate::export::{ExportFrame, Series, SeriesId};
-    use crate::flows::{FlowCounters, FlowKey, Role};
-
-    fn context() -> std::sync::Arc<crate::enrich::PairContext> {
-        use crate::enrich::{Category, PairContext, Placement};
-        std::sync::Arc::new(PairContext {
-            category: Category::InterZone,
-            local: Placement {
-                subnet: Some("app-a".into()),
-                zone: Some("zone-a".into()),
-                ..Default::default()
-            },
-            peer: Placement {
-                subnet: Some("db".into()),
-                zone: Some("zone-b".into()),
-                ..Default::default()
-            },
-            peer_service: None,
-        })
-    }
+    use crate::export::metric_set::build;
+    use crate::export::otlp::{encode, HistogramFormat};
+    use crate::export::Temporality;
+    use crate::names;
+    use crate::testing;
 
     #[test]
     fn lines_parse_back_into_the_same_requests() {
-        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut counters = FlowCounters {
-            bytes_sent: 42,
-            bytes_received: 7,
-            ..Default::default()
-        };
-        counters.rtt.record(250);
-        let key = FlowKey {
-            local: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            remote: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            service_port: 443,
-            role: Role::Server,
-        };
-        let frame = ExportFrame {
-            peer_addresses: Default::default(),
-            previous_time: t0,
-            time: t0 + Duration::from_secs(30),
-            series: vec![Series {
-                id: SeriesId::Pair(key, context()),
-                process: None,
-                original: None,
-                kubernetes: None,
-                start: t0,
-                values: counters.clone(),
-                delta: counters,
-            }],
-        };
-        let requests = [
-            encode(
-                &frame,
-                &Default::default(),
-                &[],
-                &Default::default(),
-                Temporality::Cumulative,
-            ),
-            encode(
-                &frame,
-                &Default::default(),
-                &[],
-                &Default::default(),
-                Temporality::Delta,
-            ),
-        ];
+        let frame = testing::frame();
+        let requests = [Temporality::Cumulative, Temporality::Delta].map(|t| {
+            let set = build(&frame, &[], &Default::default(), t, &Default::default());
+            encode(&set, &Default::default(), HistogramFormat::Exponential)
+        });
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("metrics.jsonl");
         let mut out = FileOutput::open(&path).expect("open");
@@ -171,7 +115,7 @@ mod tests {
         }
         // the OTLP/JSON encoding: camelCase names, 64-bit integers as strings
         assert!(lines[0].contains(&format!("\"name\":\"{}\"", names::BYTES)));
-        assert!(lines[0].contains("\"asInt\":\"42\""));
+        assert!(lines[0].contains("\"asInt\":\"1200\""));
         assert!(lines[0].contains("\"startTimeUnixNano\":\"1700000000000000000\""));
     }
 }

@@ -1,23 +1,24 @@
-//! One export: select series from the flow table, encode them once, hand them to every
-//! configured output. The agent calls [`ExportPipeline::export`] each interval and at shutdown.
+//! One export: select series from the annotated flows, build one [`MetricSet`], hand it to every
+//! configured output to render. The agent calls [`ExportPipeline::export`] each interval and at
+//! shutdown.
 use super::redact::PeerAddresses;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::file::{FileOutput, FileOutputError};
+use super::metric_set::{self, AgentMetrics, Temporality};
 use super::otlp::sender::OtlpSender;
 use super::otlp::settings::OtlpSettings;
 use super::otlp::transport::TransportError;
-use super::otlp::{encode, resource, AgentMetrics, Encoding, HistogramFormat, Temporality};
+use super::otlp::{encode, resource, HistogramFormat};
 use super::prometheus::{PrometheusError, PrometheusOutput, PrometheusSection};
 use super::{SelectionConfig, SeriesSelector};
-use crate::enrich::Enricher;
-use crate::flows::FlowTable;
+use crate::enrich::{FlowView, HostPlacement};
 use crate::health::GroupHealth;
+use crate::poller::AgentStats;
 
 /// How long shutdown waits for the last export to reach the collector.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
@@ -57,9 +58,10 @@ pub struct ExportStats {
 
 pub struct ExportPipeline {
     selector: SeriesSelector,
-    enricher: Arc<Enricher>,
+    started: SystemTime,
     resource: Resource,
-    encoding: Encoding,
+    temporality: Temporality,
+    histograms: HistogramFormat,
     file: Option<FileOutput>,
     otlp: Option<OtlpSender>,
     prometheus: Option<PrometheusOutput>,
@@ -68,11 +70,11 @@ pub struct ExportPipeline {
 }
 
 impl ExportPipeline {
-    /// Opens the outputs. `now` starts the overflow series; `runtime` runs OTLP delivery;
-    /// `enricher` names resources, defines monitors and places the host on the resource.
+    /// Opens the outputs. `now` starts the overflow series and the agent's counters; `runtime`
+    /// runs OTLP delivery; `host` places the agent on the resource.
     pub fn new(
         config: &ExportConfig,
-        enricher: Arc<Enricher>,
+        host: &HostPlacement,
         now: SystemTime,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, ExportError> {
@@ -89,12 +91,10 @@ impl ExportPipeline {
             .transpose()?;
         Ok(Self {
             selector: SeriesSelector::new(config.selection, now),
-            resource: (&resource::detect(enricher.classifier().host())).into(),
-            enricher,
-            encoding: Encoding {
-                temporality: config.temporality,
-                histograms: config.histograms,
-            },
+            started: now,
+            resource: (&resource::detect(host)).into(),
+            temporality: config.temporality,
+            histograms: config.histograms,
             file,
             otlp,
             prometheus,
@@ -107,27 +107,32 @@ impl ExportPipeline {
         self.file.is_some() || self.otlp.is_some() || self.prometheus.is_some()
     }
 
-    /// Encodes one export and hands it to every output. OTLP delivery happens in the background.
-    /// `agent` carries the agent's own figures; the pipeline adds its export counters.
+    /// Builds one export and hands it to every output. OTLP delivery happens in the background.
+    /// `agent` is the poller's figures; the pipeline adds its own and the process's.
     pub fn export(
         &mut self,
-        table: &FlowTable,
-        agent: &AgentMetrics,
+        view: &FlowView<'_>,
         health: &[GroupHealth],
+        agent: &AgentStats,
         now: SystemTime,
     ) -> Result<(), ExportError> {
-        let mut frame = self.selector.select(table, &self.enricher, now);
-        frame.peer_addresses = self.peer_addresses;
+        let frame = self.selector.select(view, now);
         self.last_series = frame.series.len();
+        let process = crate::agent::process_stats::read().unwrap_or_default();
+        let agent = AgentMetrics::collect(agent, &self.stats(), &process, self.started);
+        let build = |temporality| metric_set::build(&frame, health, &agent, temporality, &self.peer_addresses);
+        let set = build(self.temporality);
         if let Some(prometheus) = &self.prometheus {
-            prometheus.update(&frame, health);
+            // a scrape reads running totals, whatever OTLP sends
+            match self.temporality {
+                Temporality::Cumulative => prometheus.update(&set),
+                Temporality::Delta => prometheus.update(&build(Temporality::Cumulative)),
+            }
         }
-        let stats = self.stats();
-        let mut agent = agent.clone();
-        agent.export_failures = stats.otlp_failures;
-        agent.dropped.push(("export_superseded", stats.otlp_superseded));
-        agent.dropped.push(("export_undelivered", stats.otlp_dropped));
-        let request = encode(&frame, &agent, health, &self.resource, self.encoding);
+        if self.file.is_none() && self.otlp.is_none() {
+            return Ok(());
+        }
+        let request = encode(&set, &self.resource, self.histograms);
         if let Some(file) = &mut self.file {
             file.write(&request)?;
         }

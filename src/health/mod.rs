@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 pub use rules::{HealthThresholds, Reason};
 
-use crate::enrich::Enricher;
-use crate::flows::{FlowCounters, FlowKey, FlowPair, FlowTable, Log2Histogram, PairSnapshots};
+use crate::enrich::FlowView;
+use crate::flows::{FlowCounters, FlowKey, Log2Histogram, PairSnapshots};
 use baseline::Baseline;
 
 /// The set of flows a health status describes.
@@ -171,27 +171,24 @@ impl HealthEvaluator {
         }
     }
 
-    /// One evaluation over the pairs of `table` that `in_scope` accepts, using what they
-    /// counted since the previous evaluation. `enricher` defines the monitor groups.
+    /// One evaluation over the annotated pairs that `in_scope` accepts, using what they
+    /// counted since the previous evaluation. Their monitors are the monitor groups.
     pub fn evaluate(
         &mut self,
-        table: &FlowTable,
-        enricher: &Enricher,
+        view: &FlowView<'_>,
         in_scope: impl Fn(&FlowKey) -> bool,
     ) -> (Vec<GroupHealth>, Vec<Transition>) {
         let mut stats: HashMap<GroupId, IntervalStats> = HashMap::new();
-        let pairs: Vec<&FlowPair> = table.pairs().into_iter().filter(|p| in_scope(&p.key)).collect();
-        for &pair in &pairs {
+        let pairs: Vec<_> = view.pairs.iter().filter(|p| in_scope(&p.pair.key)).collect();
+        for annotated in &pairs {
+            let pair = annotated.pair;
             let delta = self.previous.since(pair);
             if !delta.has_activity() {
                 continue;
             }
             stats.entry(GroupId::Host).or_default().add(&delta);
-            if !enricher.monitors().is_empty() {
-                let context = enricher.classify(&pair.key);
-                for name in enricher.monitors_of(&pair.key, &context) {
-                    stats.entry(GroupId::Monitor(Arc::clone(name))).or_default().add(&delta);
-                }
+            for name in view.monitors_of(annotated) {
+                stats.entry(GroupId::Monitor(Arc::clone(name))).or_default().add(&delta);
             }
             stats
                 .entry(GroupId::Peer {
@@ -201,7 +198,7 @@ impl HealthEvaluator {
                 .or_default()
                 .add(&delta);
         }
-        self.previous = PairSnapshots::take(pairs.iter().copied());
+        self.previous = PairSnapshots::take(pairs.iter().map(|p| p.pair));
         self.apply(stats)
     }
 

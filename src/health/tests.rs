@@ -230,7 +230,8 @@ fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_pe
 
     use crate::enrich::monitors::{LocalSelector, RemoteSelector};
     use crate::enrich::resources::{NetworkEntry, ResourcesSection};
-    use crate::enrich::MonitorSection;
+    use crate::enrich::{Enricher, MonitorSection};
+    use crate::flows::FlowTable;
     use crate::flows::{FlowTableConfig, Owner, PairDelta, Role};
 
     let mut resources = ResourcesSection::default();
@@ -279,7 +280,8 @@ fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_pe
             &FlowCounters::default(),
             Instant::now(),
         );
-        let (findings, _) = eval.evaluate(&table, &enricher, |_| true);
+        let annotations = crate::testing::annotate(&table, &enricher);
+        let (findings, _) = eval.evaluate(&annotations.view(&table), |_| true);
         let m = findings
             .iter()
             .find(|h| h.group == monitor)

@@ -110,11 +110,7 @@ impl KubernetesSection {
         if !self.node_name.is_empty() {
             return Some(self.node_name.clone());
         }
-        env("NODE_NAME").filter(|n| !n.is_empty()).or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
+        env("NODE_NAME").filter(|n| !n.is_empty()).or_else(super::host_name)
     }
 }
 

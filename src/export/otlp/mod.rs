@@ -1,9 +1,9 @@
-//! OTLP output: encoding export frames as `ExportMetricsServiceRequest`, and the resource that
-//! describes this agent.
+//! OTLP output: a metric set rendered as an `ExportMetricsServiceRequest`, the resource that
+//! describes this agent, its settings (`OTEL_*`) and delivery over gRPC or HTTP.
 pub mod encode;
 pub mod resource;
 pub mod sender;
 pub mod settings;
 pub mod transport;
 
-pub use encode::{encode, names, AgentMetrics, Encoding, HistogramFormat, Temporality};
+pub use encode::{encode, HistogramFormat};

@@ -14,7 +14,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "flowtel";
 /// Builds the resource from the host, its placement and the process environment.
 pub fn detect(placement: &HostPlacement) -> Resource {
     let service_name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty());
-    build(host_name(), machine_id(), placement, service_name)
+    build(crate::enrich::host_name(), machine_id(), placement, service_name)
 }
 
 fn build(
@@ -46,14 +46,6 @@ fn build(
         Some(name) => builder.with_service_name(name).build(),
         None => builder.build(),
     }
-}
-
-/// The kernel's host name, as `host.name` and `flowtel top` show it.
-pub fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 /// The machine id, as the OpenTelemetry host detector reads it.

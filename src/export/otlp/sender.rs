@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::settings::OtlpSettings;
 use super::transport::{OtlpClient, TransportError};
-use super::Temporality;
+use crate::export::Temporality;
 
 /// Requests waiting for delivery at most (delta temporality; cumulative keeps one).
 pub const QUEUE: usize = 4;

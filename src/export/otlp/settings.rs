@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HistogramFormat, Temporality};
+use super::HistogramFormat;
+use crate::export::Temporality;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 

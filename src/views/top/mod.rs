@@ -17,8 +17,7 @@ use ratatui::widgets::TableState;
 
 use crate::config::Config;
 use crate::enrich::Enricher;
-use crate::health::{GroupHealth, HealthEvaluator};
-use crate::monitor::Monitor;
+use crate::poller::Poller;
 use model::{RowBuilder, TopModel};
 
 /// True while the full-screen view owns the terminal: log lines written to stderr then would
@@ -30,67 +29,44 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// How long a key wait may block before signals are checked again.
 const INPUT_WAIT: Duration = Duration::from_millis(200);
 
-/// The sampler, the health evaluator and the rows: one refresh at a time.
+/// The poller and the rows: one refresh at a time.
 struct Session {
-    monitor: Monitor,
-    enricher: Enricher,
+    poller: Poller,
     builder: RowBuilder,
-    health: Option<HealthEvaluator>,
-    health_every: Duration,
-    last_health: Instant,
-    findings: Vec<GroupHealth>,
     last_refresh: Instant,
 }
 
 impl Session {
     fn start(config: &Config, enricher: Enricher) -> anyhow::Result<Self> {
-        let mut monitor = Monitor::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?;
+        let mut poller = Poller::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?
+            .with_enricher(Arc::new(enricher))
+            .with_health_from(config);
         let now = Instant::now();
-        monitor.poll(now)?;
-        let mut session = Self {
-            monitor,
-            enricher,
-            builder: RowBuilder::default(),
-            health: config
-                .health
-                .enabled
-                .then(|| HealthEvaluator::new(config.health.thresholds)),
-            health_every: config.health.interval(),
-            last_health: now,
-            findings: Vec::new(),
-            last_refresh: now,
-        };
+        poller.poll(now)?;
+        let mut builder = RowBuilder::default();
         // the first build only sets each pair's baseline for the rates
-        session.builder.build(
-            session.monitor.table(),
-            &session.enricher,
-            &[],
-            0.0,
-            &mut TopModel::default(),
-        );
-        Ok(session)
+        builder.build(&poller.view(), &[], 0.0, &mut TopModel::default());
+        Ok(Self {
+            poller,
+            builder,
+            last_refresh: now,
+        })
     }
 
     fn refresh(&mut self, model: &mut TopModel) -> anyhow::Result<()> {
         let now = Instant::now();
-        self.monitor.poll(now)?;
-        if let Some(evaluator) = self.health.as_mut() {
-            if now.duration_since(self.last_health) >= self.health_every {
-                self.findings = evaluator.evaluate(self.monitor.table(), &self.enricher, |_| true).0;
-                self.last_health = now;
-            }
-        }
+        self.poller.poll(now)?;
         let interval = now.duration_since(self.last_refresh).as_secs_f64();
         self.last_refresh = now;
         self.builder
-            .build(self.monitor.table(), &self.enricher, &self.findings, interval, model);
+            .build(&self.poller.view(), self.poller.findings(), interval, model);
         Ok(())
     }
 }
 
 /// `flowtel top [--once]`.
 pub async fn run(config: Config, once: bool) -> anyhow::Result<()> {
-    let enricher = crate::agent::enricher(&config).await?;
+    let enricher = crate::poller::enricher(&config).await?;
     let interactive = !once && std::io::stdout().is_terminal();
     if !once && !interactive {
         tracing::info!("stdout is not a terminal: printing one table, as with --once");
@@ -122,7 +98,7 @@ fn print_once(mut session: Session) -> anyhow::Result<()> {
     session.refresh(&mut model)?;
     print!(
         "{}",
-        view::plain_text(&model, &crate::export::otlp::resource::host_name().unwrap_or_default())
+        view::plain_text(&model, &crate::enrich::host_name().unwrap_or_default())
     );
     Ok(())
 }
@@ -137,7 +113,7 @@ fn interactive_loop(mut session: Session, stop: &AtomicBool) -> anyhow::Result<(
 }
 
 fn drive(terminal: &mut ratatui::DefaultTerminal, session: &mut Session, stop: &AtomicBool) -> anyhow::Result<()> {
-    let host = crate::export::otlp::resource::host_name().unwrap_or_default();
+    let host = crate::enrich::host_name().unwrap_or_default();
     let mut model = TopModel::default();
     let mut table_state = TableState::default();
     let mut next_refresh = Instant::now();

@@ -1,4 +1,3 @@
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use ratatui::backend::TestBackend;
@@ -6,49 +5,23 @@ use ratatui::Terminal;
 
 use super::model::{Column, RowBuilder, TopModel};
 use super::*;
-use crate::enrich::monitors::{LocalSelector, RemoteSelector};
-use crate::enrich::resources::{NetworkEntry, ResourcesSection};
-use crate::enrich::{Category, MonitorSection};
-use crate::flows::{FlowCounters, FlowKey, FlowTable, FlowTableConfig, Owner, PairDelta, Role};
-use crate::health::{Attribution, GroupId, Reason, Status};
+use crate::enrich::Category;
+use crate::flows::{FlowCounters, FlowTable, FlowTableConfig, PairDelta};
+use crate::health::{Attribution, GroupHealth, GroupId, Reason, Status};
+use crate::testing;
 
 fn enricher() -> Enricher {
-    let mut resources = ResourcesSection::default();
-    for (cidr, name, zone) in [("10.0.1.0/24", "app-a", "z1"), ("10.0.2.0/24", "db", "z2")] {
-        resources.networks.insert(
-            cidr.into(),
-            NetworkEntry {
-                name: name.into(),
-                vpc: None,
-                zone: Some(zone.into()),
-                region: None,
-            },
-        );
-    }
-    let monitors = [MonitorSection {
-        name: "app-to-db".into(),
-        local: vec![LocalSelector::Subnet("app-a".into())],
-        remote: vec![RemoteSelector::Subnet("db".into())],
-    }];
-    Enricher::new(&resources, None, &monitors).expect("enricher")
+    testing::enricher(&[testing::monitor("app-to-db", "app-a", "db")])
 }
 
 fn delta(peer: [u8; 4], port: u16, sent: u64, retrans: u64) -> PairDelta {
-    PairDelta {
-        key: FlowKey {
-            local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
-            remote: IpAddr::V4(Ipv4Addr::from(peer)),
-            service_port: port,
-            role: Role::Client,
-        },
-        counters: FlowCounters {
-            bytes_sent: sent,
-            bytes_received: sent / 2,
-            retrans: [0, retrans, 0],
-            ..Default::default()
-        },
-        owner: Owner::default(),
-    }
+    let counters = FlowCounters {
+        bytes_sent: sent,
+        bytes_received: sent / 2,
+        retrans: [0, retrans, 0],
+        ..Default::default()
+    };
+    testing::delta(peer, port, counters)
 }
 
 /// Two refreshes over three pairs: the db pair is degraded, the internet pair moves the most.
@@ -62,7 +35,7 @@ fn model() -> TopModel {
         &FlowCounters::default(),
         Instant::now(),
     );
-    builder.build(&table, &enricher, &[], 0.0, &mut model);
+    builder.build(&testing::annotate(&table, &enricher).view(&table), &[], 0.0, &mut model);
     table.apply_poll(
         &[
             delta([10, 0, 2, 9], 5432, 2048, 9),
@@ -89,7 +62,8 @@ fn model() -> TopModel {
         group: GroupId::Monitor("app-to-db".into()),
         ..degraded.clone()
     };
-    builder.build(&table, &enricher, &[degraded, monitor], 2.0, &mut model);
+    let annotations = testing::annotate(&table, &enricher);
+    builder.build(&annotations.view(&table), &[degraded, monitor], 2.0, &mut model);
     model
 }
 

@@ -1,4 +1,10 @@
-//! Wiring: runs the monitor on its own thread, stops it on SIGINT/SIGTERM. No flow logic here.
+//! The agent's own runtime: `flowtel run` wiring (the poller on its own thread, stopped on
+//! SIGINT/SIGTERM), its HTTP endpoints, probes, privileges and process figures. No flow logic.
+pub mod http_server;
+pub mod privileges;
+pub mod probes;
+pub mod process_stats;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -6,61 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::enrich::kubernetes::api::KubeApi;
-use crate::enrich::kubernetes::Kubernetes;
-use crate::enrich::{cloud_metadata, Enricher};
-use crate::export::otlp::AgentMetrics;
+use crate::enrich::Enricher;
 use crate::export::ExportPipeline;
-use crate::health::{GroupHealth, HealthEvaluator, Status, Transition};
-use crate::monitor::Monitor;
-use crate::privileges;
-use crate::probes::{self, AgentProbe};
-use crate::process_stats;
-use crate::report::{Snapshot, TopRequest};
+use crate::health::{GroupHealth, Status, Transition};
+use crate::poller::Poller;
+use probes::AgentProbe;
 
 /// How often a sleeping poll loop checks for shutdown.
 const STOP_CHECK: Duration = Duration::from_millis(100);
-
-/// Resources, service lists, monitors and (when asked) the cloud placement: read once at
-/// startup by every command.
-pub async fn enricher(config: &Config) -> anyhow::Result<Enricher> {
-    let detected = cloud_metadata::detect(&config.resources.cloud_metadata).await;
-    Ok(Enricher::new(&config.resources, detected, &config.monitors)?)
-}
-
-/// Pod attribution, when `[kubernetes]` is on: the cgroup resolver, and the API server's
-/// watches when one is configured. The watches run on the current runtime.
-pub fn kubernetes(config: &Config) -> anyhow::Result<Option<Arc<Kubernetes>>> {
-    let env = |name: &str| std::env::var(name).ok();
-    let section = &config.kubernetes;
-    if !section.is_enabled(env) {
-        return Ok(None);
-    }
-    let api = match section.client_config(env)? {
-        Some(client_config) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = kube::Client::try_from(client_config)
-                .context("building the Kubernetes API client (kubernetes.api_server)")?;
-            let node = section.node(env);
-            tracing::info!(
-                node = node.as_deref().unwrap_or("-"),
-                "watching the Kubernetes API server"
-            );
-            Some(KubeApi::start(
-                client,
-                node.as_deref(),
-                &tokio::runtime::Handle::current(),
-            ))
-        }
-        None => None,
-    };
-    // the hierarchy the sampler watches (in a pod: the host's, mounted at sampler.cgroup_path)
-    let root = match &config.sampler.cgroup_path {
-        Some(path) => path.clone(),
-        None => crate::sampler::cgroup2_root()?,
-    };
-    Ok(Some(Arc::new(Kubernetes::new(root, api, section.rollup))))
-}
 
 /// `flowtel run`: poll until a signal arrives, logging a summary now and then.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -70,11 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.probes.enabled {
         probes::start(&config.probes, Arc::clone(&probe), &runtime)?;
     }
-    let mut enricher = enricher(&config).await?;
-    if let Some(k8s) = kubernetes(&config)? {
-        enricher = enricher.with_kubernetes(k8s);
-    }
-    let enricher = Arc::new(enricher);
+    let enricher = crate::poller::enricher_with_kubernetes(&config).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let loop_stop = Arc::clone(&stop);
     // a thread of its own (not the runtime's): it inherits this thread's capabilities to load and
@@ -121,10 +76,11 @@ fn run_loop(
     // the API server's ClusterIPs join the NAT destinations once its watches have listed them
     sampler_config.nat |= enricher.kubernetes().is_some_and(|k| k.api().is_some());
     let nat_reversal = sampler_config.nat;
-    let mut monitor = Monitor::start(sampler_config, config.flow_table_config())?;
+    let mut poller = Poller::start(sampler_config, config.flow_table_config())?
+        .with_enricher(Arc::clone(enricher))
+        .with_health_from(config);
     probe.attached();
-    let started = SystemTime::now();
-    let mut exporter = ExportPipeline::new(&export_config, Arc::clone(enricher), started, runtime)?;
+    let mut exporter = ExportPipeline::new(&export_config, enricher.classifier().host(), SystemTime::now(), runtime)?;
     // attached and every output open: from here on only the namespace walk needs privilege
     let kept = privileges::drop_to(&privileges::poll_thread_keeps(nat_reversal))?;
     tracing::info!(kept = privileges::names(&kept), "capabilities dropped after attaching");
@@ -132,52 +88,41 @@ fn run_loop(
     let export_every = export_config.interval;
     let mut last_summary = Instant::now();
     let mut last_export = Instant::now();
-    let mut health = config
-        .health
-        .enabled
-        .then(|| HealthEvaluator::new(config.health.thresholds));
-    let mut findings: Vec<GroupHealth> = Vec::new();
-    let mut last_health = Instant::now();
     let mut poll_failures: u64 = 0;
     let mut nat_destinations = NatDestinations::new(config);
     while sleep_unless_stopped(config.poll_interval(), stop) {
         let now = Instant::now();
-        nat_destinations.refresh(enricher, &mut monitor, now);
-        if let Err(e) = monitor.poll(now) {
-            probe.poll_failed(now);
-            poll_failures += 1;
-            // a persistent failure is logged at the 1st, 2nd, 4th, 8th... occurrence, not every poll
-            if poll_failures.is_power_of_two() {
-                tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(e)),
-                    failures = poll_failures,
-                    "poll failed; retrying next interval"
-                );
+        nat_destinations.refresh(enricher, &mut poller, now);
+        match poller.poll(now) {
+            Ok(transitions) => transitions.iter().for_each(log_transition),
+            Err(e) => {
+                probe.poll_failed(now);
+                poll_failures += 1;
+                // a persistent failure is logged at the 1st, 2nd, 4th, 8th... occurrence, not every poll
+                if poll_failures.is_power_of_two() {
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(e)),
+                        failures = poll_failures,
+                        "poll failed; retrying next interval"
+                    );
+                }
+                continue;
             }
-            continue;
         }
         probe.poll_succeeded(now);
         if now.duration_since(last_summary) >= summary_every {
-            log_summary(&monitor);
+            log_summary(&poller);
             last_summary = now;
         }
-        if let Some(evaluator) = health.as_mut() {
-            if now.duration_since(last_health) >= config.health.interval() {
-                let (latest, transitions) = evaluator.evaluate(monitor.table(), enricher, |_| true);
-                transitions.iter().for_each(log_transition);
-                findings = latest;
-                last_health = now;
-            }
-        }
         if exporter.has_outputs() && now.duration_since(last_export) >= export_every {
-            export(&mut exporter, &mut monitor, &findings, started);
+            export(&mut exporter, &mut poller);
             last_export = now;
         }
     }
     // final export: what was counted since the last one is not lost at shutdown
     if exporter.has_outputs() {
-        match monitor.poll(Instant::now()) {
-            Ok(()) => export(&mut exporter, &mut monitor, &findings, started),
+        match poller.poll(Instant::now()) {
+            Ok(_) => export(&mut exporter, &mut poller),
             Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "final poll failed"),
         }
     }
@@ -185,10 +130,10 @@ fn run_loop(
     Ok(())
 }
 
-fn export(exporter: &mut ExportPipeline, monitor: &mut Monitor, health: &[GroupHealth], started: SystemTime) {
-    let agent = agent_metrics(monitor, started);
-    monitor.reset_peak();
-    match exporter.export(monitor.table(), &agent, health, SystemTime::now()) {
+fn export(exporter: &mut ExportPipeline, poller: &mut Poller) {
+    let result = exporter.export(&poller.view(), poller.findings(), poller.stats(), SystemTime::now());
+    poller.reset_peak();
+    match result {
         Ok(()) => tracing::debug!(series = exporter.stats().series, "exported"),
         Err(e) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "export failed"),
     }
@@ -237,7 +182,7 @@ impl NatDestinations {
         }
     }
 
-    fn refresh(&mut self, enricher: &Enricher, monitor: &mut Monitor, now: Instant) {
+    fn refresh(&mut self, enricher: &Enricher, poller: &mut Poller, now: Instant) {
         let Some(k8s) = enricher.kubernetes().filter(|k| k.api().is_some()) else {
             return;
         };
@@ -253,7 +198,7 @@ impl NatDestinations {
         if wanted == self.current {
             return;
         }
-        match monitor.sampler_mut().set_nat_destinations(&wanted) {
+        match poller.sampler_mut().set_nat_destinations(&wanted) {
             Ok(0) => tracing::info!(destinations = wanted.len(), "NAT destinations updated"),
             Ok(left_out) => tracing::warn!(
                 left_out,
@@ -262,33 +207,6 @@ impl NatDestinations {
             Err(e) => tracing::warn!(error = %e, "updating the NAT destinations failed"),
         }
         self.current = wanted;
-    }
-}
-
-/// The agent's own figures for the export.
-fn agent_metrics(monitor: &Monitor, started: SystemTime) -> AgentMetrics {
-    let stats = monitor.stats();
-    let c = &stats.counters;
-    let process = process_stats::read().unwrap_or_default();
-    AgentMetrics {
-        started: Some(started),
-        flow_pairs: stats.table.pairs as u64,
-        pair_map_entries: stats.pair_map_peak_entries as u64,
-        pair_map_capacity: u64::from(stats.pair_map_capacity),
-        dropped: vec![
-            ("pair_map_full", c.pair_map_full),
-            ("sock_storage_failed", c.sock_storage_failed),
-            ("listener_map_full", c.listener_map_full),
-            ("flow_table_full", stats.table.overflowed_deltas),
-            ("flow_table_evicted_for_room", stats.table.evicted_for_room),
-            ("undecodable_pair", c.undecodable_pairs),
-            ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
-            ("close_fold_skipped", c.close_fold_skipped),
-        ],
-        export_failures: 0,
-        cpu_user_seconds: process.cpu_user_seconds,
-        cpu_system_seconds: process.cpu_system_seconds,
-        rss_bytes: process.rss_bytes,
     }
 }
 
@@ -307,10 +225,10 @@ fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
     }
 }
 
-fn log_summary(monitor: &Monitor) {
-    let table = monitor.table();
+fn log_summary(poller: &Poller) {
+    let table = poller.table();
     let totals = table.totals();
-    let stats = monitor.stats();
+    let stats = poller.stats();
     tracing::info!(
         pairs = table.len(),
         bytes_sent = totals.bytes_sent,
@@ -335,33 +253,4 @@ fn log_summary(monitor: &Monitor) {
             "top pair"
         );
     }
-}
-
-/// `flowtel snapshot`: sample for `seconds`, then return the table.
-pub fn snapshot(
-    config: &Config,
-    enricher: &Enricher,
-    seconds: f64,
-    top: Option<TopRequest>,
-) -> anyhow::Result<Snapshot> {
-    let mut monitor = Monitor::start(config.sampler_config(), config.flow_table_config())?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds.max(0.0));
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(left.min(config.poll_interval()));
-        monitor.poll(Instant::now())?;
-        if Instant::now() >= deadline {
-            break;
-        }
-    }
-    let cgroup = monitor.sampler().target().path.display().to_string();
-    Ok(Snapshot::new(
-        monitor.table(),
-        monitor.stats(),
-        started.elapsed().as_secs_f64(),
-        cgroup,
-        enricher,
-        top,
-    ))
 }

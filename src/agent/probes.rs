@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::http_server::{bind, serve, ServeError};
+use crate::agent::http_server::{bind, serve, ServeError};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 /// How long loading and attaching may take before the agent counts as not live.

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::enrich::{Category, Enricher};
-use crate::flows::{FlowCounters, FlowKey, FlowTable, PairSnapshots, Role};
+use crate::enrich::{Category, FlowView};
+use crate::flows::{FlowCounters, FlowKey, PairSnapshots, Role};
 use crate::health::{GroupHealth, GroupId, Status};
 
 /// A table column; every one sorts.
@@ -291,24 +291,17 @@ pub struct RowBuilder {
 
 impl RowBuilder {
     /// Rows over `interval` seconds since the last call; `health` is the latest evaluation.
-    pub fn build(
-        &mut self,
-        table: &FlowTable,
-        enricher: &Enricher,
-        health: &[GroupHealth],
-        interval: f64,
-        model: &mut TopModel,
-    ) {
+    pub fn build(&mut self, view: &FlowView<'_>, health: &[GroupHealth], interval: f64, model: &mut TopModel) {
         let status_of: HashMap<&GroupId, &GroupHealth> = health.iter().map(|h| (&h.group, h)).collect();
         let per_sec = |n: u64| if interval > 0.0 { n as f64 / interval } else { 0.0 };
-        let monitors = enricher.monitors();
-        let mut monitor_rows: Vec<(MonitorRow, FlowCounters)> = monitors
+        let mut monitor_rows: Vec<(MonitorRow, FlowCounters)> = view
+            .monitors
             .iter()
-            .map(|m| {
-                let h = status_of.get(&GroupId::Monitor(Arc::clone(&m.name)));
+            .map(|name| {
+                let h = status_of.get(&GroupId::Monitor(Arc::clone(name)));
                 (
                     MonitorRow {
-                        name: Arc::clone(&m.name),
+                        name: Arc::clone(name),
                         pairs: 0,
                         tx_per_sec: 0.0,
                         rx_per_sec: 0.0,
@@ -325,17 +318,15 @@ impl RowBuilder {
             })
             .collect();
         let mut rows = Vec::new();
-        let pairs = table.pairs();
-        for &pair in &pairs {
+        for annotated in &view.pairs {
+            let (pair, context) = (annotated.pair, &annotated.annotation.context);
             let delta = self.previous.since(pair);
-            let context = enricher.classify(&pair.key);
-            for (m, (row, total)) in monitors.iter().zip(monitor_rows.iter_mut()) {
-                if m.matches(&pair.key, &context) {
-                    row.pairs += 1;
-                    row.tx_per_sec += per_sec(delta.bytes_sent);
-                    row.rx_per_sec += per_sec(delta.bytes_received);
-                    total.add(&pair.counters);
-                }
+            for &m in annotated.annotation.monitors.iter() {
+                let (row, total) = &mut monitor_rows[m];
+                row.pairs += 1;
+                row.tx_per_sec += per_sec(delta.bytes_sent);
+                row.rx_per_sec += per_sec(delta.bytes_received);
+                total.add(&pair.counters);
             }
             let c = &pair.counters;
             let health = status_of
@@ -360,9 +351,9 @@ impl RowBuilder {
                 health,
             });
         }
-        self.previous = PairSnapshots::take(pairs.iter().copied());
+        self.previous = PairSnapshots::take(view.pairs.iter().map(|p| p.pair));
         model.rows = rows;
-        model.pairs_total = table.len();
+        model.pairs_total = view.table.len();
         model.interval = interval;
         model.monitors = monitor_rows
             .into_iter()

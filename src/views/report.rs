@@ -1,15 +1,20 @@
-//! The flow table as `flowtel snapshot` prints it: JSON for scripts, a text table for people.
+//! `flowtel snapshot`: what every flow pair moved during a window of `--seconds`, as JSON for
+//! scripts or a text table for people. The sockets are walked at every poll, and the first
+//! poll's counters open the window, so a connection open before the snapshot and still open
+//! after it reports exactly what it moved inside the window.
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
-use std::collections::BTreeMap;
-
-use crate::contributors::{top_by_category, Contributor, RankMetric};
-use crate::enrich::{Category, Enricher, PairContext, Placement};
-use crate::flows::{ConnectFailure, FlowCounters, FlowPair, FlowTable, Log2Histogram, Owner, Phase};
-use crate::monitor::AgentStats;
+use crate::config::Config;
+use crate::enrich::{Category, Enricher, FlowView, Placement};
+use crate::flows::{ConnectFailure, FlowCounters, FlowTable, Log2Histogram, Owner, PairSnapshots, Phase};
+use crate::poller::{AgentStats, Poller};
+use crate::views::contributors::{top_by_category, Contributor, RankMetric};
 
 /// `--top N --by METRIC [--category C]`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +52,21 @@ pub struct TopReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MonitorReport {
+pub struct MonitorReport<C = CountersReport> {
     pub name: String,
     pub pairs: usize,
     #[serde(flatten)]
-    pub counters: CountersReport,
+    pub counters: C,
+}
+
+impl From<MonitorReport<FlowCounters>> for MonitorReport {
+    fn from(m: MonitorReport<FlowCounters>) -> Self {
+        Self {
+            name: m.name,
+            pairs: m.pairs,
+            counters: (&m.counters).into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -166,7 +181,8 @@ impl From<&Log2Histogram> for HistogramReport {
 }
 
 impl PairReport {
-    fn new(p: &FlowPair, context: &PairContext) -> Self {
+    fn new(c: &Contributor<'_>) -> Self {
+        let (p, context) = (c.pair.pair, &c.pair.annotation.context);
         Self {
             local: p.key.local,
             remote: p.key.remote,
@@ -176,66 +192,84 @@ impl PairReport {
             local_resource: context.local.clone(),
             peer_resource: context.peer.clone(),
             peer_service: context.peer_service.as_deref().map(str::to_string),
-            counters: (&p.counters).into(),
+            counters: (&c.counters).into(),
             owner: p.owner.clone(),
         }
     }
 }
 
+/// What the table held when the snapshot's window opened: every figure in the snapshot counts
+/// from here, so that a connection open before the window reports only what it moved inside it.
+#[derive(Debug, Default)]
+pub struct WindowStart {
+    pairs: PairSnapshots,
+    overflow: FlowCounters,
+    evicted: FlowCounters,
+    totals: FlowCounters,
+}
+
+impl WindowStart {
+    pub fn take(table: &FlowTable) -> Self {
+        Self {
+            pairs: PairSnapshots::take(table.pairs()),
+            overflow: table.overflow().clone(),
+            evicted: table.evicted().clone(),
+            totals: table.totals().clone(),
+        }
+    }
+}
+
 impl Snapshot {
+    /// The flows of `view` since `start`, over `seconds`.
     pub fn new(
-        table: &FlowTable,
+        view: &FlowView<'_>,
+        start: &WindowStart,
         agent: &AgentStats,
         seconds: f64,
         cgroup: String,
-        enricher: &Enricher,
         top: Option<TopRequest>,
     ) -> Self {
-        let pairs = table.pairs();
-        let contexts: Vec<PairContext> = pairs.iter().map(|p| enricher.classify(&p.key)).collect();
-        let monitors = enricher
-            .monitors()
+        let window: Vec<Contributor<'_>> = view
+            .pairs
             .iter()
-            .map(|m| {
-                let mut total = FlowCounters::default();
-                let mut n = 0;
-                for (p, c) in pairs.iter().zip(&contexts) {
-                    if m.matches(&p.key, c) {
-                        total.add(&p.counters);
-                        total.active += p.counters.active;
-                        n += 1;
-                    }
-                }
-                MonitorReport {
-                    name: m.name.to_string(),
-                    pairs: n,
-                    counters: (&total).into(),
-                }
+            .map(|p| Contributor {
+                pair: *p,
+                counters: start.pairs.since(p.pair),
             })
             .collect();
-        let report = |c: &Contributor<'_>| PairReport::new(c.pair, &c.context);
+        let mut monitors: Vec<MonitorReport<FlowCounters>> = view
+            .monitors
+            .iter()
+            .map(|name| MonitorReport {
+                name: name.to_string(),
+                pairs: 0,
+                counters: FlowCounters::default(),
+            })
+            .collect();
+        for c in &window {
+            for &m in c.pair.annotation.monitors.iter() {
+                let report = &mut monitors[m];
+                report.pairs += 1;
+                report.counters.add(&c.counters);
+                report.counters.active += c.counters.active;
+            }
+        }
         Self {
             seconds,
             cgroup,
-            pairs: top.is_none().then(|| {
-                pairs
-                    .iter()
-                    .zip(&contexts)
-                    .map(|(p, c)| PairReport::new(p, c))
-                    .collect()
-            }),
+            pairs: top.is_none().then(|| window.iter().map(PairReport::new).collect()),
             top: top.map(|t| TopReport {
                 by: t.by,
                 limit: t.limit,
-                categories: top_by_category(table, enricher, t.by, t.limit, t.category)
+                categories: top_by_category(window.iter().cloned(), t.by, t.limit, t.category)
                     .into_iter()
-                    .map(|(category, ranked)| (category, ranked.iter().map(report).collect()))
+                    .map(|(category, ranked)| (category, ranked.iter().map(PairReport::new).collect()))
                     .collect(),
             }),
-            monitors,
-            overflow: table.overflow().into(),
-            evicted: table.evicted().into(),
-            totals: table.totals().into(),
+            monitors: monitors.into_iter().map(Into::into).collect(),
+            overflow: (&view.table.overflow().saturating_sub(&start.overflow)).into(),
+            evicted: (&view.table.evicted().saturating_sub(&start.evicted)).into(),
+            totals: (&view.table.totals().saturating_sub(&start.totals)).into(),
             agent: agent.clone(),
         }
     }
@@ -326,4 +360,31 @@ impl Snapshot {
         );
         out
     }
+}
+
+/// `flowtel snapshot`: samples for `seconds` from the first poll, then reports the window.
+pub fn take(config: &Config, enricher: Enricher, seconds: f64, top: Option<TopRequest>) -> anyhow::Result<Snapshot> {
+    let mut poller = Poller::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?
+        .with_enricher(std::sync::Arc::new(enricher));
+    let opened = Instant::now();
+    poller.poll(opened)?;
+    let start = WindowStart::take(poller.table());
+    let deadline = opened + Duration::from_secs_f64(seconds.max(0.0));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(config.poll_interval()));
+        poller.poll(Instant::now())?;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    let cgroup = poller.cgroup().display().to_string();
+    Ok(Snapshot::new(
+        &poller.view(),
+        &start,
+        poller.stats(),
+        opened.elapsed().as_secs_f64(),
+        cgroup,
+        top,
+    ))
 }

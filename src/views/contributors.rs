@@ -1,12 +1,11 @@
 //! Top contributors: flow pairs ranked by one metric within each category, as `flowtel snapshot
 //! --top` reports them and `flowtel top` sorts them.
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::enrich::{Category, Enricher, PairContext};
-use crate::flows::{FlowCounters, FlowPair, FlowTable};
+use crate::enrich::{AnnotatedPair, Category};
+use crate::flows::FlowCounters;
 
 /// What ranks the pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -60,41 +59,38 @@ impl std::str::FromStr for RankMetric {
     }
 }
 
-/// One ranked pair.
+/// One pair and its counters over the window being ranked.
+#[derive(Debug, Clone)]
 pub struct Contributor<'a> {
-    pub pair: &'a FlowPair,
-    pub context: Arc<PairContext>,
+    pub pair: AnnotatedPair<'a>,
+    pub counters: FlowCounters,
 }
 
 /// The `limit` largest pairs by `metric` in each category (or only in `only`), largest first;
 /// ties go to the lower key so that the order is stable. Pairs with nothing to rank by (zero
 /// bytes, no retransmits...) are left out.
 pub fn top_by_category<'a>(
-    table: &'a FlowTable,
-    enricher: &Enricher,
+    pairs: impl IntoIterator<Item = Contributor<'a>>,
     metric: RankMetric,
     limit: usize,
     only: Option<Category>,
 ) -> BTreeMap<Category, Vec<Contributor<'a>>> {
     let mut by_category: BTreeMap<Category, Vec<(f64, Contributor<'a>)>> = BTreeMap::new();
-    for pair in table.pairs() {
-        let value = metric.value(&pair.counters);
-        if value <= 0.0 {
+    for c in pairs {
+        let value = metric.value(&c.counters);
+        let category = c.pair.annotation.context.category;
+        if value <= 0.0 || only.is_some_and(|only| only != category) {
             continue;
         }
-        let context = Arc::new(enricher.classify(&pair.key));
-        if only.is_some_and(|c| c != context.category) {
-            continue;
-        }
-        by_category
-            .entry(context.category)
-            .or_default()
-            .push((value, Contributor { pair, context }));
+        by_category.entry(category).or_default().push((value, c));
     }
     by_category
         .into_iter()
         .map(|(category, mut ranked)| {
-            ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.pair.key.cmp(&b.1.pair.key)));
+            ranked.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then_with(|| a.1.pair.pair.key.cmp(&b.1.pair.pair.key))
+            });
             ranked.truncate(limit);
             (category, ranked.into_iter().map(|(_, c)| c).collect())
         })
@@ -103,14 +99,14 @@ pub fn top_by_category<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Instant;
 
     use super::*;
-    use crate::enrich::resources::{NetworkEntry, ResourcesSection};
-    use crate::flows::{FlowKey, FlowTableConfig, Owner, PairDelta, Role};
+    use crate::enrich::Enricher;
+    use crate::flows::{FlowTable, FlowTableConfig};
+    use crate::testing::{self, annotate};
 
-    fn delta(peer: [u8; 4], bytes: u64, retrans: u64, rtt_us: u64) -> PairDelta {
+    fn delta(peer: [u8; 4], bytes: u64, retrans: u64, rtt_us: u64) -> crate::flows::PairDelta {
         let mut counters = FlowCounters {
             bytes_sent: bytes,
             retrans: [0, retrans, 0],
@@ -119,32 +115,12 @@ mod tests {
         if rtt_us > 0 {
             counters.rtt.record(rtt_us);
         }
-        PairDelta {
-            key: FlowKey {
-                local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
-                remote: IpAddr::V4(Ipv4Addr::from(peer)),
-                service_port: 443,
-                role: Role::Client,
-            },
-            counters,
-            owner: Owner::default(),
-        }
+        testing::delta(peer, 443, counters)
     }
 
     #[test]
     fn ranks_within_each_category() {
-        let mut section = ResourcesSection::default();
-        for (cidr, name, zone) in [("10.0.1.0/24", "a", "z1"), ("10.0.2.0/24", "b", "z2")] {
-            section.networks.insert(
-                cidr.into(),
-                NetworkEntry {
-                    name: name.into(),
-                    vpc: None,
-                    zone: Some(zone.into()),
-                    region: None,
-                },
-            );
-        }
+        let section = testing::networks(&[("10.0.1.0/24", "a", "z1"), ("10.0.2.0/24", "b", "z2")]);
         let enricher = Enricher::new(&section, None, &[]).expect("enricher");
         let mut table = FlowTable::new(FlowTableConfig::default());
         table.apply_poll(
@@ -158,10 +134,18 @@ mod tests {
             &FlowCounters::default(),
             Instant::now(),
         );
+        let annotations = annotate(&table, &enricher);
+        let view = annotations.view(&table);
+        let contributors = || {
+            view.pairs.iter().map(|p| Contributor {
+                pair: *p,
+                counters: p.pair.counters.clone(),
+            })
+        };
         let peers = |m: RankMetric, only: Option<Category>| -> Vec<(Category, Vec<String>)> {
-            top_by_category(&table, &enricher, m, 5, only)
+            top_by_category(contributors(), m, 5, only)
                 .into_iter()
-                .map(|(c, v)| (c, v.iter().map(|x| x.pair.key.remote.to_string()).collect()))
+                .map(|(c, v)| (c, v.iter().map(|x| x.pair.pair.key.remote.to_string()).collect()))
                 .collect()
         };
         assert_eq!(
@@ -181,7 +165,7 @@ mod tests {
             vec![(Category::IntraZone, vec!["10.0.1.2".into(), "10.0.1.3".into()])]
         );
         assert_eq!(peers(RankMetric::Timeouts, None), vec![], "no pair timed out");
-        let one = top_by_category(&table, &enricher, RankMetric::Bytes, 1, None);
+        let one = top_by_category(contributors(), RankMetric::Bytes, 1, None);
         assert!(one.values().all(|v| v.len() == 1));
         assert_eq!("rtt_p50".parse::<RankMetric>(), Ok(RankMetric::RttP50));
         assert!("latency".parse::<RankMetric>().is_err());
