@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::wait_attached;
+use support::{wait_attached, wait_logged};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowtel");
 
@@ -154,18 +154,8 @@ fn snapshot_json_reports_a_connection_made_while_it_ran() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("flowtel snapshot starts");
-    // wait until the programs are attached before making traffic
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut line = String::new();
-    while !line.contains("sampler attached") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read stderr") > 0,
-            "flowtel exited before attaching"
-        );
-        assert!(Instant::now() < deadline, "no 'sampler attached' line");
-    }
+    // the window opens at the first poll after attaching
+    let _stderr = wait_logged(&mut child, "snapshot window opened");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::scope(|s| {
@@ -206,6 +196,78 @@ fn snapshot_json_reports_a_connection_made_while_it_ran() {
         );
     }
     assert!(json["agent"]["pair_map_capacity"].as_u64().is_some_and(|c| c > 0));
+}
+
+/// Sends `n` bytes on `client` and waits until the server has read them all and the sender has
+/// had their acknowledgements.
+fn send_and_settle(client: &mut TcpStream, received: &std::sync::atomic::AtomicUsize, n: usize) {
+    use std::sync::atomic::Ordering;
+    let target = received.load(Ordering::SeqCst) + n;
+    client.write_all(&vec![7u8; n]).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the server never read {n} bytes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // loopback acknowledges at once; leave room for the ACK to reach the sender
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// A stream open before the snapshot and still open after it: the snapshot reports exactly what
+/// moved inside its window, to the byte, not the stream's lifetime.
+#[test]
+fn snapshot_counts_a_long_lived_stream_exactly_within_its_window() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&received);
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => counted.fetch_add(n, Ordering::SeqCst),
+            };
+        }
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    send_and_settle(&mut client, &received, 300_000); // before the snapshot
+
+    let mut child = Command::new(BIN)
+        .args(["snapshot", "--seconds", "5", "--json"])
+        .env_remove("FLOWTEL_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtel snapshot starts");
+    let _stderr = wait_logged(&mut child, "snapshot window opened");
+    let window = Instant::now();
+    for chunk in [250_000, 1_000_000, 123_457] {
+        send_and_settle(&mut client, &received, chunk);
+    }
+    let in_window = 250_000 + 1_000_000 + 123_457;
+    assert!(window.elapsed() < Duration::from_secs(4), "the window's traffic ended inside it");
+    let out = child.wait_with_output().expect("snapshot finishes");
+    assert!(out.status.success(), "snapshot exit status");
+    send_and_settle(&mut client, &received, 200_000); // after it: the stream goes on
+    drop(client);
+    server.join().expect("server");
+
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let pairs = json["pairs"].as_array().expect("pairs array");
+    let ours = |role: &str| {
+        pairs
+            .iter()
+            .find(|p| p["service_port"] == port && p["role"] == role)
+            .unwrap_or_else(|| panic!("{role} pair in {pairs:?}"))
+    };
+    assert_eq!(ours("client")["bytes_sent"].as_u64(), Some(in_window));
+    assert_eq!(ours("server")["bytes_received"].as_u64(), Some(in_window));
+    assert_eq!(ours("client")["connections"]["active"].as_u64(), Some(1), "still open at the end");
 }
 
 #[test]

@@ -164,6 +164,167 @@ fn otlp_http_protobuf_into_a_real_collector() {
     export_through("http/protobuf");
 }
 
+/// The name the OpenTelemetry-to-Prometheus translation gives a family, written out here from
+/// the specification (not taken from flowtel): dots to underscores, By/s spelled out as a
+/// suffix, `1` on a gauge as `_ratio`, annotations like `{segment}` dropped.
+fn prometheus_family(name: &str, unit: &str, kind: &str) -> (String, &'static str) {
+    let mut base = name.replace('.', "_");
+    let suffix = match (unit, kind) {
+        ("By", _) => Some("bytes"),
+        ("s", _) => Some("seconds"),
+        ("1", "Gauge") => Some("ratio"),
+        _ => None,
+    };
+    if let Some(suffix) = suffix {
+        if !base.ends_with(suffix) {
+            base = format!("{base}_{suffix}");
+        }
+    }
+    let kind = match kind {
+        "Sum" => "counter",
+        "Gauge" => "gauge",
+        _ => "histogram",
+    };
+    (base, kind)
+}
+
+/// `rotel`'s `Str(x)`, `Int(5)`, `Bool(true)` as the bare value.
+fn bare(value: &str) -> &str {
+    value
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(value)
+}
+
+/// The families with at least one sample on an OpenMetrics page, and each sample's value by
+/// (sample name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), String>;
+fn scrape(page: &str) -> (std::collections::BTreeSet<(String, String)>, Samples) {
+    let mut declared = HashMap::new();
+    let mut families = std::collections::BTreeSet::new();
+    let mut samples = HashMap::new();
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            declared.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let family = declared
+            .keys()
+            .filter(|f| name.starts_with(f.as_str()))
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("sample {name} outside any declared family"));
+        families.insert((family.clone(), declared[family].clone()));
+        let mut labels: Vec<(String, String)> = labels
+            .split("\",")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once("=\"").expect("label");
+                (k.to_string(), v.trim_end_matches('"').to_string())
+            })
+            .collect();
+        labels.sort();
+        samples.insert((name.to_string(), labels), value.to_string());
+    }
+    (families, samples)
+}
+
+/// One model, two outputs: OTLP into a real collector and `/metrics` from the same agent over the
+/// same traffic carry the same families, and the same counts.
+#[test]
+fn otlp_and_metrics_carry_the_same_families_and_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("rotel.log");
+    let (grpc, http, metrics_port) = (free_port(), free_port(), free_port());
+    let _rotel = start_rotel(grpc, http, &log_path);
+    support::agent::wait_listening(grpc);
+    let (mut agent, _log) = start_agent(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{grpc}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+        ("FLOWTEL_EXPORT__PROMETHEUS__ENABLED", "true".to_string()),
+        (
+            "FLOWTEL_EXPORT__PROMETHEUS__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        ),
+    ]);
+    let port = exchange_known_bytes();
+    // two exports after the traffic: both outputs hold it, and nothing moves any more
+    std::thread::sleep(Duration::from_millis(2500));
+    let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(&mut agent);
+    std::thread::sleep(Duration::from_millis(500));
+    let (points, _) = parse(&std::fs::read_to_string(&log_path).expect("rotel log"));
+    assert!(!points.is_empty(), "rotel received nothing");
+
+    let otlp: std::collections::BTreeSet<(String, String)> = points
+        .iter()
+        .map(|p| {
+            let (name, kind) = prometheus_family(&p.metric, &p.unit, &p.kind);
+            (name, kind.to_string())
+        })
+        .collect();
+    let (metrics, samples) = scrape(&page);
+    assert_eq!(
+        otlp, metrics,
+        "every OTLP family on /metrics under its Prometheus name, and every /metrics family in OTLP"
+    );
+    for agent_family in ["flowtel_agent_dropped", "process_cpu_time_seconds", "process_memory_usage_bytes"] {
+        assert!(
+            metrics.iter().any(|(name, _)| name == agent_family),
+            "{agent_family} on /metrics"
+        );
+    }
+
+    // every counter point of the test's pairs: the last OTLP value equals the scraped one
+    let mut last: HashMap<(String, Vec<(String, String)>), (String, String)> = HashMap::new();
+    for p in points.iter().filter(|p| p.kind == "Sum") {
+        if p.attributes.get("server.port").map(|v| bare(v)) != Some(port.to_string().as_str()) {
+            continue;
+        }
+        let (name, _) = prometheus_family(&p.metric, &p.unit, &p.kind);
+        let mut labels: Vec<(String, String)> = p
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.replace('.', "_"), bare(v).to_string()))
+            .collect();
+        labels.sort();
+        last.insert(
+            (format!("{name}_total"), labels),
+            (p.metric.clone(), p.value.clone().unwrap_or_default()),
+        );
+    }
+    assert!(last.len() >= 8, "bytes and segments both ways at both ends: {last:?}");
+    for (sample, (metric, value)) in &last {
+        assert_eq!(
+            samples.get(sample),
+            Some(value),
+            "{metric} {:?}: OTLP says {value}",
+            sample.1
+        );
+    }
+    let bytes = |role: &str, direction: &str| {
+        last.iter()
+            .find(|((name, labels), _)| {
+                name == "flowtel_tcp_bytes_total"
+                    && labels.contains(&("network_tcp_handshake_role".into(), role.into()))
+                    && labels.contains(&("network_io_direction".into(), direction.into()))
+            })
+            .map(|(_, (_, v))| v.clone())
+    };
+    assert_eq!(bytes("client", "transmit").as_deref(), Some("300"));
+    assert_eq!(bytes("server", "transmit").as_deref(), Some("7000"));
+}
+
 #[test]
 fn prometheus_scrapes_the_measured_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -278,7 +439,7 @@ fn top_5_of_50_peers_stays_bounded_exact_and_monotonic() {
                 .map(|a| format!("{}={:?}", a.key, a.value))
                 .collect();
             attrs.sort();
-            let overflow = attrs.iter().any(|a| a.starts_with("flowtel.flow.overflow="));
+            let overflow = attrs.iter().any(|a| a.starts_with("otel.metric.overflow="));
             if !overflow {
                 pairs.insert(
                     attrs

@@ -343,7 +343,7 @@ fn per_peer(export: &[FilePoint], port: u16) -> (HashMap<String, i64>, i64) {
         if p.attr("network.io.direction") != Some("transmit") {
             continue;
         }
-        if p.attr("flowtel.flow.overflow") == Some("true") {
+        if p.attr("otel.metric.overflow") == Some("true") {
             overflow += p.value;
         } else if p.attr("server.port") == Some(&port.to_string())
             && p.attr("network.tcp.handshake.role") == Some("client")

@@ -242,7 +242,7 @@ fn categories_monitors_and_top_contributors_from_real_traffic() {
             .spawn()
             .expect("run starts"),
     );
-    let _snapshot_log = wait_attached(&mut snapshot.0);
+    let _snapshot_log = wait_logged(&mut snapshot.0, "snapshot window opened");
     let _agent_log = wait_attached(&mut agent.0);
     traffic(&hub);
     std::thread::sleep(Duration::from_millis(1500));

@@ -56,6 +56,8 @@ pub fn start_rotel(grpc: u16, http: u16, log: &std::path::Path) -> Reaped {
 pub struct Point {
     pub metric: String,
     pub unit: String,
+    /// The descriptor's DataType: Sum, Gauge, Histogram, ExponentialHistogram.
+    pub kind: String,
     pub attributes: HashMap<String, String>,
     pub value: Option<String>,
     /// As printed: `2026-11-27 03:21:13.123456789 +0000 UTC`.
@@ -67,7 +69,7 @@ pub struct Point {
 pub fn parse(log: &str) -> (Vec<Point>, HashMap<String, String>) {
     let mut points = Vec::new();
     let mut resource = HashMap::new();
-    let (mut metric, mut unit) = (String::new(), String::new());
+    let (mut metric, mut unit, mut kind) = (String::new(), String::new(), String::new());
     let mut current: Option<Point> = None;
     let mut in_resource = false;
     for line in log.lines() {
@@ -86,17 +88,25 @@ pub fn parse(log: &str) -> (Vec<Point>, HashMap<String, String>) {
                 metric = value.to_string();
             } else if key == "Unit" {
                 unit = value.to_string();
+            } else if key == "DataType" {
+                kind = value.to_string();
+            } else if matches!(key, "Description" | "IsMonotonic" | "AggregationTemporality") {
+                continue;
             } else if let Some(p) = current.as_mut() {
                 p.attributes.insert(key.to_string(), value.to_string());
             }
             continue;
         }
         in_resource = false;
-        if trimmed.starts_with("NumberDataPoints #") || trimmed.starts_with("ExponentialHistogramDataPoints #") {
+        if trimmed.starts_with("NumberDataPoints #")
+            || trimmed.starts_with("ExponentialHistogramDataPoints #")
+            || trimmed.starts_with("HistogramDataPoints #")
+        {
             points.extend(current.take());
             current = Some(Point {
                 metric: metric.clone(),
                 unit: unit.clone(),
+                kind: kind.clone(),
                 attributes: HashMap::new(),
                 value: None,
                 start: None,

@@ -456,16 +456,22 @@ impl Drop for Reaped {
 /// Waits for the "sampler attached" log line of a child started with a piped stderr, and hands
 /// back the rest of its stderr.
 pub fn wait_attached(child: &mut Child) -> std::io::BufReader<ChildStderr> {
+    wait_logged(child, "sampler attached")
+}
+
+/// Reads the child's stderr until a line contains `needle` (30 s at most); the rest is the
+/// caller's to read or drop.
+pub fn wait_logged(child: &mut Child, needle: &str) -> std::io::BufReader<ChildStderr> {
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut line = String::new();
-    while !line.contains("sampler attached") {
+    while !line.contains(needle) {
         line.clear();
         assert!(
             stderr.read_line(&mut line).expect("read stderr") > 0,
-            "flowtel exited before attaching"
+            "flowtel exited before logging {needle:?}"
         );
-        assert!(Instant::now() < deadline, "no 'sampler attached' line");
+        assert!(Instant::now() < deadline, "no {needle:?} line");
     }
     stderr
 }
