@@ -369,6 +369,8 @@ pub fn take(config: &Config, enricher: Enricher, seconds: f64, top: Option<TopRe
     let opened = Instant::now();
     poller.poll(opened)?;
     let start = WindowStart::take(poller.table());
+    // from here on, what connections move counts
+    tracing::info!(seconds, "snapshot window opened");
     let deadline = opened + Duration::from_secs_f64(seconds.max(0.0));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
