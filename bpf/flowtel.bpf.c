@@ -61,7 +61,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct flowtel_pairs_inner {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 8192);
+	__uint(max_entries, FLOWTEL_PAIR_MAP_ENTRIES);
 	__type(key, struct flowtel_pair_key);
 	__type(value, struct flowtel_pair_stats);
 } pairs_a SEC(".maps"), pairs_b SEC(".maps");
@@ -102,7 +102,7 @@ struct {
  * role. Cleared by user space after every walk. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, FLOWTEL_LISTENER_MAP_ENTRIES);
 	__type(key, struct flowtel_listener_key);
 	__type(value, __u8);
 } listeners SEC(".maps");
@@ -111,7 +111,7 @@ struct {
  * space. Only read when flowtel_nat is set. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, FLOWTEL_NAT_DESTINATION_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flowtel_nat_prefix);
 	__type(value, __u8);
@@ -128,6 +128,7 @@ enum flowtel_counter flowtel_type_counter = FLOWTEL_COUNTERS;
 enum flowtel_failure flowtel_type_failure = FLOWTEL_FAILURES;
 enum flowtel_phase flowtel_type_phase = FLOWTEL_PHASES;
 enum flowtel_role flowtel_type_role = FLOWTEL_ROLE_CLIENT;
+enum flowtel_limit flowtel_type_limit = FLOWTEL_HIST_BUCKETS;
 
 static __always_inline void count(__u32 counter)
 {
@@ -148,26 +149,29 @@ static __always_inline struct flowtel_pair_stats *overflow_stats(void)
  * the active one up in pairs_active, lets the verifier inline the lookups. */
 volatile __u32 flowtel_active_b = 0;
 
-/* Lookup-or-insert in the active pair map; the overflow bucket when it is full. */
+/* The one lookup-or-init for the pair maps: the entry for `key`, created zeroed if missing.
+ * -EEXIST from the update means another context inserted it first: fine, look it up again.
+ * NULL only when the map is full. Inlined per map, so that each lookup names one map and the
+ * verifier can inline it. */
+static __always_inline struct flowtel_pair_stats *lookup_or_init(void *map, const struct flowtel_pair_key *key)
+{
+	struct flowtel_pair_stats *stats = bpf_map_lookup_elem(map, key);
+
+	if (stats)
+		return stats;
+	bpf_map_update_elem(map, key, &flowtel_zero_stats, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}
+
+/* The key's entry in the active pair map; the overflow bucket when it is full. */
 static __noinline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
 {
 	struct flowtel_pair_stats *stats;
 
-	/* -EEXIST from the update means another context inserted it first: fine, look it up
-	 * again. */
-	if (flowtel_active_b) {
-		stats = bpf_map_lookup_elem(&pairs_b, key);
-		if (stats)
-			return stats;
-		bpf_map_update_elem(&pairs_b, key, &flowtel_zero_stats, BPF_NOEXIST);
-		stats = bpf_map_lookup_elem(&pairs_b, key);
-	} else {
-		stats = bpf_map_lookup_elem(&pairs_a, key);
-		if (stats)
-			return stats;
-		bpf_map_update_elem(&pairs_a, key, &flowtel_zero_stats, BPF_NOEXIST);
-		stats = bpf_map_lookup_elem(&pairs_a, key);
-	}
+	if (flowtel_active_b)
+		stats = lookup_or_init(&pairs_b, key);
+	else
+		stats = lookup_or_init(&pairs_a, key);
 	if (stats)
 		return stats;
 	count(FLOWTEL_CTR_PAIR_MAP_FULL);

@@ -7,10 +7,20 @@
 #ifndef __FLOWTEL_H
 #define __FLOWTEL_H
 
-/* Log2 RTT/connect-duration buckets in units of 2^-20 s (0.954 us): bucket 0 holds up to one
- * unit, bucket k holds (2^(k-1), 2^k] units, which is OpenTelemetry's base-2 exponential bucket
- * k-21 at scale 0 in seconds. */
-#define FLOWTEL_HIST_BUCKETS 32
+/* Every limit, defined once: the BPF maps are sized from these and user space reads the same
+ * values from the skeleton's BTF types (sampler/mod.rs), so C and Rust cannot disagree. */
+enum flowtel_limit {
+	/* Log2 RTT/connect-duration buckets in units of 2^-20 s (0.954 us): bucket 0 holds up to
+	 * one unit, bucket k holds (2^(k-1), 2^k] units, which is OpenTelemetry's base-2
+	 * exponential bucket k-21 at scale 0 in seconds. */
+	FLOWTEL_HIST_BUCKETS = 32,
+	/* Pair-map entries per poll by default (sampler.pair_map_capacity resizes it at load). */
+	FLOWTEL_PAIR_MAP_ENTRIES = 8192,
+	/* Listening sockets remembered per walk by default (sampler.listener_map_capacity). */
+	FLOWTEL_LISTENER_MAP_ENTRIES = 4096,
+	/* NAT-destination prefixes (ClusterIPs, configured CIDRs). */
+	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
+};
 
 enum flowtel_role {
 	FLOWTEL_ROLE_CLIENT = 1,

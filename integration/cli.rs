@@ -250,7 +250,10 @@ fn snapshot_counts_a_long_lived_stream_exactly_within_its_window() {
         send_and_settle(&mut client, &received, chunk);
     }
     let in_window = 250_000 + 1_000_000 + 123_457;
-    assert!(window.elapsed() < Duration::from_secs(4), "the window's traffic ended inside it");
+    assert!(
+        window.elapsed() < Duration::from_secs(4),
+        "the window's traffic ended inside it"
+    );
     let out = child.wait_with_output().expect("snapshot finishes");
     assert!(out.status.success(), "snapshot exit status");
     send_and_settle(&mut client, &received, 200_000); // after it: the stream goes on
@@ -267,7 +270,11 @@ fn snapshot_counts_a_long_lived_stream_exactly_within_its_window() {
     };
     assert_eq!(ours("client")["bytes_sent"].as_u64(), Some(in_window));
     assert_eq!(ours("server")["bytes_received"].as_u64(), Some(in_window));
-    assert_eq!(ours("client")["connections"]["active"].as_u64(), Some(1), "still open at the end");
+    assert_eq!(
+        ours("client")["connections"]["active"].as_u64(),
+        Some(1),
+        "still open at the end"
+    );
 }
 
 #[test]

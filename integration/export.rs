@@ -278,7 +278,11 @@ fn otlp_and_metrics_carry_the_same_families_and_counts() {
         otlp, metrics,
         "every OTLP family on /metrics under its Prometheus name, and every /metrics family in OTLP"
     );
-    for agent_family in ["flowtel_agent_dropped", "process_cpu_time_seconds", "process_memory_usage_bytes"] {
+    for agent_family in [
+        "flowtel_agent_dropped",
+        "process_cpu_time_seconds",
+        "process_memory_usage_bytes",
+    ] {
         assert!(
             metrics.iter().any(|(name, _)| name == agent_family),
             "{agent_family} on /metrics"

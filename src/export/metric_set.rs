@@ -449,74 +449,84 @@ pub fn build<'a>(
 /// Agent metrics are always cumulative: they describe the agent, not an interval of flows.
 fn agent_families(b: &mut Builder<'_>, agent: &AgentMetrics) {
     const NONE: usize = 0;
-    let start = agent.started;
-    for (name, unit, description, value) in [
+    let one = |value| vec![(Vec::new(), value)];
+    let by = |key: &'static str, values: Vec<(&'static str, Value<'static>)>| {
+        values
+            .into_iter()
+            .map(|(v, value)| (vec![(key, AttrValue::from(v))], value))
+            .collect::<Vec<_>>()
+    };
+    let families = [
         (
             names::AGENT_FLOW_PAIRS,
             unit::PAIR,
+            Kind::Gauge,
             "Flow pairs held in memory",
-            agent.flow_pairs,
+            one(Value::Int(agent.flow_pairs)),
         ),
         (
             names::AGENT_PAIR_MAP_ENTRIES,
             unit::ENTRY,
+            Kind::Gauge,
             "Most kernel pair-map entries used in one poll",
-            agent.pair_map_entries,
+            one(Value::Int(agent.pair_map_entries)),
         ),
         (
             names::AGENT_PAIR_MAP_CAPACITY,
             unit::ENTRY,
+            Kind::Gauge,
             "Kernel pair-map capacity per poll",
-            agent.pair_map_capacity,
+            one(Value::Int(agent.pair_map_capacity)),
         ),
-    ] {
-        let f = b.family(name, unit, Kind::Gauge, description);
-        b.point(f, NONE, Vec::new(), None, Value::Int(value));
+        (
+            names::AGENT_DROPPED,
+            unit::EVENT,
+            Kind::Counter,
+            "Events that lost detail or data, by reason",
+            by(
+                names::DROP_REASON,
+                agent
+                    .dropped
+                    .iter()
+                    .map(|(reason, n)| (*reason, Value::Int(*n)))
+                    .collect(),
+            ),
+        ),
+        (
+            names::AGENT_EXPORT_FAILURES,
+            unit::EXPORT,
+            Kind::Counter,
+            "OTLP export attempts that failed",
+            one(Value::Int(agent.export_failures)),
+        ),
+        (
+            names::PROCESS_CPU_TIME,
+            unit::SECONDS,
+            Kind::Counter,
+            "CPU time of the agent",
+            by(
+                names::CPU_MODE,
+                vec![
+                    ("user", Value::Double(agent.cpu_user_seconds)),
+                    ("system", Value::Double(agent.cpu_system_seconds)),
+                ],
+            ),
+        ),
+        (
+            names::PROCESS_MEMORY_USAGE,
+            unit::BYTES,
+            Kind::Gauge,
+            "Resident memory of the agent",
+            one(Value::Int(agent.rss_bytes)),
+        ),
+    ];
+    for (name, unit, kind, description, points) in families {
+        let family = b.family(name, unit, kind, description);
+        let start = agent.started.filter(|_| kind == Kind::Counter);
+        for (extra, value) in points {
+            b.point(family, NONE, extra, start, value);
+        }
     }
-    let dropped = b.family(
-        names::AGENT_DROPPED,
-        unit::EVENT,
-        Kind::Counter,
-        "Events that lost detail or data, by reason",
-    );
-    for (reason, n) in &agent.dropped {
-        b.point(
-            dropped,
-            NONE,
-            vec![(names::DROP_REASON, (*reason).into())],
-            start,
-            Value::Int(*n),
-        );
-    }
-    let failures = b.family(
-        names::AGENT_EXPORT_FAILURES,
-        unit::EXPORT,
-        Kind::Counter,
-        "OTLP export attempts that failed",
-    );
-    b.point(failures, NONE, Vec::new(), start, Value::Int(agent.export_failures));
-    let cpu = b.family(
-        names::PROCESS_CPU_TIME,
-        unit::SECONDS,
-        Kind::Counter,
-        "CPU time of the agent",
-    );
-    for (mode, seconds) in [("user", agent.cpu_user_seconds), ("system", agent.cpu_system_seconds)] {
-        b.point(
-            cpu,
-            NONE,
-            vec![(names::CPU_MODE, mode.into())],
-            start,
-            Value::Double(seconds),
-        );
-    }
-    let memory = b.family(
-        names::PROCESS_MEMORY_USAGE,
-        unit::BYTES,
-        Kind::Gauge,
-        "Resident memory of the agent",
-    );
-    b.point(memory, NONE, Vec::new(), None, Value::Int(agent.rss_bytes));
 }
 
 fn health_families(b: &mut Builder<'_>, health: &[GroupHealth], peer_addresses: &PeerAddresses) {
@@ -558,6 +568,10 @@ mod tests {
     use super::*;
     use crate::testing::{self, series};
 
+    fn plain(frame: &ExportFrame, temporality: Temporality) -> MetricSet<'_> {
+        build(frame, &[], &AgentMetrics::default(), temporality, &PeerAddresses::Plain)
+    }
+
     fn attrs<'s>(set: &'s MetricSet<'_>, p: &'s Point<'_>) -> Vec<(&'static str, Cow<'s, str>)> {
         set.attributes[p.attributes]
             .iter()
@@ -569,13 +583,7 @@ mod tests {
     #[test]
     fn families_points_and_attributes_of_a_pair_and_the_overflow() {
         let frame = testing::frame();
-        let set = build(
-            &frame,
-            &[],
-            &AgentMetrics::default(),
-            Temporality::Cumulative,
-            &PeerAddresses::Plain,
-        );
+        let set = plain(&frame, Temporality::Cumulative);
         let bytes = set.family(names::BYTES).expect("bytes");
         assert_eq!((bytes.unit, bytes.kind), ("By", Kind::Counter));
         assert_eq!(bytes.points.len(), 4, "two directions for the pair and the overflow");
@@ -616,13 +624,7 @@ mod tests {
     fn delta_reports_the_interval_from_the_previous_export() {
         let mut frame = testing::frame();
         frame.series[0].delta.bytes_sent = 7;
-        let set = build(
-            &frame,
-            &[],
-            &AgentMetrics::default(),
-            Temporality::Delta,
-            &PeerAddresses::Plain,
-        );
+        let set = plain(&frame, Temporality::Delta);
         let bytes = set.family(names::BYTES).expect("bytes");
         assert_eq!(bytes.temporality, Temporality::Delta);
         assert_eq!(bytes.points[0].value, Value::Int(7));

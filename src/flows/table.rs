@@ -378,14 +378,18 @@ mod tests {
         assert_eq!(table.len(), 2);
     }
 
+    /// A table evicting pairs idle for `idle_secs`, holding at most `max_pairs`.
+    fn table_of(idle_secs: u64, max_pairs: usize) -> FlowTable {
+        FlowTable::new(FlowTableConfig {
+            idle_timeout: Duration::from_secs(idle_secs),
+            max_pairs,
+        })
+    }
+
     #[test]
     fn totals_stay_exact_through_overflow_and_eviction() {
         let t0 = Instant::now();
-        let config = FlowTableConfig {
-            idle_timeout: Duration::from_secs(10),
-            max_pairs: 3,
-        };
-        let mut table = FlowTable::new(config);
+        let mut table = table_of(10, 3);
         let none = Owner::default();
         let kernel_overflow = FlowCounters {
             bytes_received: 7,
@@ -420,11 +424,7 @@ mod tests {
     #[test]
     fn a_full_table_evicts_the_longest_idle_pairs_first_then_overflows() {
         let t0 = Instant::now();
-        let config = FlowTableConfig {
-            idle_timeout: Duration::from_secs(300),
-            max_pairs: 16,
-        };
-        let mut table = FlowTable::new(config);
+        let mut table = table_of(300, 16);
         let none = Owner::default();
         let live = FlowCounters { active: 1, ..delta(1) };
         // 15 idle pairs, the older the lower the number, and one with a live connection
@@ -478,11 +478,7 @@ mod tests {
     #[test]
     fn live_connections_keep_an_idle_pair() {
         let t0 = Instant::now();
-        let config = FlowTableConfig {
-            idle_timeout: Duration::from_secs(10),
-            max_pairs: 10,
-        };
-        let mut table = FlowTable::new(config);
+        let mut table = table_of(10, 10);
         let none = Owner::default();
         let k = key(9, 5432, Role::Client);
         let gauge_only = FlowCounters {

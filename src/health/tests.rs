@@ -31,6 +31,14 @@ fn healthy() -> IntervalStats {
     interval(2000, 0.001, 10.0, 0)
 }
 
+/// A run whose peer 1 has learnt its baselines over `n` healthy intervals.
+fn warmed(n: usize) -> (Run, GroupId) {
+    let mut run = Run::new();
+    let a = peer(1);
+    run.warm_up(&a, n);
+    (run, a)
+}
+
 struct Run {
     eval: HealthEvaluator,
 }
@@ -61,9 +69,7 @@ impl Run {
 
 #[test]
 fn a_loss_step_degrades_within_the_hysteresis() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 20);
+    let (mut run, a) = warmed(20);
     let first = run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
     assert_eq!(first.status, Status::Healthy, "one bad interval is not enough");
     let second = run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
@@ -74,9 +80,7 @@ fn a_loss_step_degrades_within_the_hysteresis() {
 
 #[test]
 fn an_rtt_step_degrades_with_reason_rtt() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 10);
+    let (mut run, a) = warmed(10);
     run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
     let h = run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
     assert_eq!((h.status, h.reasons.clone()), (Status::Degraded, vec![Reason::Rtt]));
@@ -86,9 +90,7 @@ fn an_rtt_step_degrades_with_reason_rtt() {
 
 #[test]
 fn timeouts_and_failures_are_reasons_too() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 10);
+    let (mut run, a) = warmed(10);
     let mut failing = interval(2000, 0.001, 10.0, 3);
     failing.failed = 5;
     run.step(&[(a.clone(), failing.clone())]);
@@ -98,9 +100,7 @@ fn timeouts_and_failures_are_reasons_too() {
 
 #[test]
 fn single_spikes_and_slow_drift_do_not_alarm() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 10);
+    let (mut run, a) = warmed(10);
     for i in 0..400 {
         // diurnal-like drift: RTT wanders between 8 and 14 ms over 200 intervals
         let rtt = 11.0 + 3.0 * (i as f64 * std::f64::consts::TAU / 200.0).sin();
@@ -116,9 +116,7 @@ fn single_spikes_and_slow_drift_do_not_alarm() {
 
 #[test]
 fn a_degraded_period_does_not_poison_the_baseline() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 10);
+    let (mut run, a) = warmed(10);
     for _ in 0..60 {
         run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
     }
@@ -139,9 +137,7 @@ fn a_degraded_period_does_not_poison_the_baseline() {
 
 #[test]
 fn a_flapping_link_does_not_chatter() {
-    let mut run = Run::new();
-    let a = peer(1);
-    run.warm_up(&a, 10);
+    let (mut run, a) = warmed(10);
     let bad = interval(2000, 0.05, 10.0, 0);
     let mut transitions = 0;
     for i in 0..40 {
@@ -256,19 +252,13 @@ fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_pe
         ..Default::default()
     });
     let mut table = FlowTable::new(FlowTableConfig::default());
-    let pair = |remote: [u8; 4], retrans: u64| PairDelta {
-        key: FlowKey {
-            local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
-            remote: IpAddr::V4(Ipv4Addr::from(remote)),
-            service_port: 5432,
-            role: Role::Client,
-        },
-        counters: FlowCounters {
+    let pair = |remote: [u8; 4], retrans: u64| {
+        let counters = FlowCounters {
             segs_sent: 1000,
             retrans: [0, retrans, 0],
             ..Default::default()
-        },
-        owner: Owner::default(),
+        };
+        crate::testing::delta(remote, 5432, counters)
     };
     let monitor = GroupId::Monitor("to-db".into());
     let mut statuses = Vec::new();

@@ -47,10 +47,13 @@ mod skel {
 }
 use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
 
-/// Pair-map capacity: distinct pairs folded within one poll interval, per inner map.
-pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = 8192;
+/// Pair-map capacity: distinct pairs folded within one poll interval, per inner map. Limits come
+/// from `enum flowtel_limit` in bpf/flowtel.h, their one definition.
+pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MAP_ENTRIES.0;
 /// Listening sockets remembered within one walk.
-pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = 4096;
+pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_LISTENER_MAP_ENTRIES.0;
+// the flow model keeps the kernel's histogram layout: a different bucket count fails the build
+const _: () = assert!(types::flowtel_limit::FLOWTEL_HIST_BUCKETS.0 as usize == crate::flows::HIST_BUCKETS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
@@ -475,7 +478,7 @@ fn fill_nat_destinations(
 }
 
 /// Prefixes the kernel's NAT-destination map holds at most (its max_entries).
-pub const NAT_DESTINATIONS_CAPACITY: usize = 16_384;
+pub const NAT_DESTINATIONS_CAPACITY: usize = types::flowtel_limit::FLOWTEL_NAT_DESTINATION_ENTRIES.0 as usize;
 
 /// An LPM key: IPv4 v4-mapped, as the programs look it up.
 fn nat_prefix_key(prefix: &ipnet::IpNet) -> Vec<u8> {

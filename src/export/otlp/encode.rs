@@ -202,12 +202,15 @@ mod tests {
         encode(&set, &Resource::default(), histograms)
     }
 
-    fn metric<'a>(req: &'a ExportMetricsServiceRequest, name: &str) -> &'a Metric {
-        req.resource_metrics[0].scope_metrics[0]
+    /// The metric `name`, checked to be in `unit`.
+    fn metric<'a>(req: &'a ExportMetricsServiceRequest, name: &str, unit: &str) -> &'a Metric {
+        let m = req.resource_metrics[0].scope_metrics[0]
             .metrics
             .iter()
             .find(|m| m.name == name)
-            .expect(name)
+            .expect(name);
+        assert_eq!(m.unit, unit, "{name}");
+        m
     }
 
     fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
@@ -216,6 +219,13 @@ mod tests {
             .find(|kv| kv.key == key)
             .and_then(|kv| kv.value.as_ref())
             .and_then(|v| v.value.as_ref())
+    }
+
+    fn text<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+        match attr(attrs, key) {
+            Some(any_value::Value::StringValue(s)) => Some(s),
+            _ => None,
+        }
     }
 
     fn int(p: &NumberDataPoint) -> i64 {
@@ -228,19 +238,14 @@ mod tests {
     #[test]
     fn sums_carry_typed_attributes_and_their_window() {
         let req = request(Temporality::Cumulative, HistogramFormat::Exponential);
-        let bytes = metric(&req, names::BYTES);
-        assert_eq!(bytes.unit, "By");
-        let Some(metric::Data::Sum(sum)) = &bytes.data else {
+        let Some(metric::Data::Sum(sum)) = &metric(&req, names::BYTES, "By").data else {
             panic!("a sum")
         };
         assert!(sum.is_monotonic);
         assert_eq!(sum.aggregation_temporality, AggregationTemporality::Cumulative as i32);
         let tx = &sum.data_points[0];
         assert_eq!(int(tx), 1200);
-        assert_eq!(
-            attr(&tx.attributes, names::IO_DIRECTION),
-            Some(&any_value::Value::StringValue("transmit".into()))
-        );
+        assert_eq!(text(&tx.attributes, names::IO_DIRECTION), Some("transmit"));
         assert_eq!(
             attr(&tx.attributes, names::SERVER_PORT),
             Some(&any_value::Value::IntValue(5432))
@@ -251,7 +256,7 @@ mod tests {
             attr(&sum.data_points[2].attributes, names::OVERFLOW),
             Some(&any_value::Value::BoolValue(true))
         );
-        let Some(metric::Data::Gauge(active)) = &metric(&req, names::CONNECTIONS_ACTIVE).data else {
+        let Some(metric::Data::Gauge(active)) = &metric(&req, names::CONNECTIONS_ACTIVE, "{connection}").data else {
             panic!("active is a gauge")
         };
         assert_eq!(active.data_points.iter().map(int).collect::<Vec<_>>(), vec![1, 2]);
@@ -261,9 +266,7 @@ mod tests {
     #[test]
     fn rtt_is_an_exact_base2_exponential_histogram_in_seconds() {
         let req = request(Temporality::Cumulative, HistogramFormat::Exponential);
-        let rtt = metric(&req, names::RTT);
-        assert_eq!(rtt.unit, "s");
-        let Some(metric::Data::ExponentialHistogram(h)) = &rtt.data else {
+        let Some(metric::Data::ExponentialHistogram(h)) = &metric(&req, names::RTT, "s").data else {
             panic!("exponential histogram")
         };
         assert_eq!(h.data_points.len(), 1, "the overflow series has no samples");
@@ -281,7 +284,7 @@ mod tests {
     #[test]
     fn explicit_histograms_use_the_prometheus_bounds() {
         let req = request(Temporality::Cumulative, HistogramFormat::Explicit);
-        let Some(metric::Data::Histogram(h)) = &metric(&req, names::RTT).data else {
+        let Some(metric::Data::Histogram(h)) = &metric(&req, names::RTT, "s").data else {
             panic!("explicit histogram")
         };
         assert_eq!(h.data_points.len(), 1);
@@ -311,13 +314,13 @@ mod tests {
         };
         let set = build(&frame, &[], &agent, Temporality::Delta, &PeerAddresses::Plain);
         let req = encode(&set, &Resource::default(), HistogramFormat::Exponential);
-        let Some(metric::Data::Sum(bytes)) = &metric(&req, names::BYTES).data else {
+        let Some(metric::Data::Sum(bytes)) = &metric(&req, names::BYTES, "By").data else {
             panic!("sum")
         };
         assert_eq!(bytes.aggregation_temporality, AggregationTemporality::Delta as i32);
         assert_eq!(int(&bytes.data_points[0]), 7);
         assert_eq!(bytes.data_points[0].start_time_unix_nano, 1_700_000_030_000_000_000);
-        let Some(metric::Data::Sum(dropped)) = &metric(&req, names::AGENT_DROPPED).data else {
+        let Some(metric::Data::Sum(dropped)) = &metric(&req, names::AGENT_DROPPED, "{event}").data else {
             panic!("sum")
         };
         assert_eq!(
@@ -357,21 +360,18 @@ mod tests {
             &PeerAddresses::Plain,
         );
         let req = encode(&set, &Resource::default(), HistogramFormat::Exponential);
-        let Some(metric::Data::Gauge(g)) = &metric(&req, names::HEALTH_STATUS).data else {
+        let Some(metric::Data::Gauge(g)) = &metric(&req, names::HEALTH_STATUS, "{status}").data else {
             panic!("gauge")
         };
         assert_eq!(g.data_points.len(), 1, "the unknown group is left out");
         let p = &g.data_points[0];
         assert_eq!(p.value, Some(number_data_point::Value::AsDouble(1.0)));
-        assert_eq!(
-            attr(&p.attributes, names::HEALTH_REASON),
-            Some(&any_value::Value::StringValue("rtt,retransmits".into()))
-        );
+        assert_eq!(text(&p.attributes, names::HEALTH_REASON), Some("rtt,retransmits"));
         assert_eq!(
             attr(&p.attributes, names::SERVER_PORT),
             Some(&any_value::Value::IntValue(443))
         );
-        metric(&req, names::HEALTH_RTT_RATIO);
-        metric(&req, names::HEALTH_RETRANSMIT_RATIO);
+        metric(&req, names::HEALTH_RTT_RATIO, "1");
+        metric(&req, names::HEALTH_RETRANSMIT_RATIO, "1");
     }
 }

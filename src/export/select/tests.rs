@@ -1,14 +1,21 @@
 //! Selection over real flow tables: sums, ranking, staleness, gauges and monitor rollups.
-use std::time::Instant;
-
 use super::*;
-use crate::enrich::{Annotations, Enricher};
+use crate::enrich::Enricher;
+
+/// A selector of the top `k` pairs, starting at `t0`.
+fn top(k: usize, t0: SystemTime) -> SeriesSelector {
+    SeriesSelector::new(
+        SelectionConfig {
+            top_k: k,
+            ..Default::default()
+        },
+        t0,
+    )
+}
 
 /// Annotates `table` as the poller would, then selects.
 fn select(selector: &mut SeriesSelector, table: &FlowTable, enricher: &Enricher, now: SystemTime) -> ExportFrame {
-    let mut annotations = Annotations::default();
-    annotations.refresh(table, enricher, Instant::now());
-    selector.select(&annotations.view(table), now)
+    selector.select(&crate::testing::annotate(table, enricher).view(table), now)
 }
 
 mod pairs {
@@ -71,13 +78,7 @@ mod pairs {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let i0 = Instant::now();
         let mut table = FlowTable::new(FlowTableConfig::default());
-        let mut selector = SeriesSelector::new(
-            SelectionConfig {
-                top_k: 5,
-                ..Default::default()
-            },
-            t0,
-        );
+        let mut selector = top(5, t0);
         let mut last: HashMap<(Option<FlowKey>, SystemTime), FlowCounters> = HashMap::new();
         let mut rng = Lcg(7);
         let mut totals_before = FlowCounters::default();
@@ -138,13 +139,7 @@ mod pairs {
             &FlowCounters::default(),
             Instant::now(),
         );
-        let mut selector = SeriesSelector::new(
-            SelectionConfig {
-                top_k: 1,
-                ..Default::default()
-            },
-            t0,
-        );
+        let mut selector = top(1, t0);
         let frame = select(
             &mut selector,
             &table,
@@ -222,13 +217,7 @@ mod pairs {
     fn live_connections_keep_a_quiet_pair_and_the_gauge_is_not_summed_over_time() {
         let t0 = SystemTime::UNIX_EPOCH;
         let mut table = FlowTable::new(FlowTableConfig::default());
-        let mut selector = SeriesSelector::new(
-            SelectionConfig {
-                top_k: 1,
-                ..Default::default()
-            },
-            t0,
-        );
+        let mut selector = top(1, t0);
         let mut quiet = delta(1, 0, 0);
         quiet.counters = FlowCounters {
             active: 3,
@@ -269,60 +258,35 @@ mod pairs {
 }
 
 mod monitors {
-    use std::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::enrich::monitors::{LocalSelector, RemoteSelector};
-    use crate::enrich::resources::{NetworkEntry, ResourcesSection};
     use crate::enrich::{Category, Enricher, MonitorSection};
-    use crate::flows::{FlowTableConfig, Owner, PairDelta, Role};
+    use crate::flows::{FlowTableConfig, PairDelta};
+    use crate::testing;
 
     fn delta(peer: [u8; 4], bytes: u64, active: u64) -> PairDelta {
-        PairDelta {
-            key: FlowKey {
-                local: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)),
-                remote: IpAddr::V4(Ipv4Addr::from(peer)),
-                service_port: 5432,
-                role: Role::Client,
-            },
-            counters: FlowCounters {
-                bytes_sent: bytes,
-                segs_sent: 1,
-                active,
-                ..Default::default()
-            },
-            owner: Owner::default(),
-        }
+        let counters = FlowCounters {
+            bytes_sent: bytes,
+            segs_sent: 1,
+            active,
+            ..Default::default()
+        };
+        testing::delta(peer, 5432, counters)
     }
 
     #[test]
     fn monitors_roll_up_every_matching_pair_even_outside_the_top_k() {
-        let mut resources = ResourcesSection::default();
-        for (cidr, name, zone) in [("10.0.1.0/24", "app", "z1"), ("10.0.2.0/24", "db", "z2")] {
-            resources.networks.insert(
-                cidr.into(),
-                NetworkEntry {
-                    name: name.into(),
-                    vpc: None,
-                    zone: Some(zone.into()),
-                    region: None,
-                },
-            );
-        }
         let monitors = vec![
-            MonitorSection {
-                name: "app-to-db".into(),
-                local: vec![LocalSelector::Subnet("app".into())],
-                remote: vec![RemoteSelector::Subnet("db".into())],
-            },
+            testing::monitor("app-to-db", "app-a", "db"),
             MonitorSection {
                 name: "idle".into(),
                 local: vec![LocalSelector::Subnet("db".into())],
                 remote: vec![RemoteSelector::Everywhere],
             },
         ];
-        let enricher = Enricher::new(&resources, None, &monitors).expect("enricher");
+        let enricher: Enricher = testing::enricher(&monitors);
         let t0 = SystemTime::UNIX_EPOCH;
         let i0 = Instant::now();
         let mut table = FlowTable::new(FlowTableConfig {
