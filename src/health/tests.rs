@@ -228,7 +228,7 @@ fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_pe
     use crate::enrich::resources::{NetworkEntry, ResourcesSection};
     use crate::enrich::{Enricher, MonitorSection};
     use crate::flows::FlowTable;
-    use crate::flows::{FlowTableConfig, Owner, PairDelta, Role};
+    use crate::flows::FlowTableConfig;
 
     let mut resources = ResourcesSection::default();
     resources.networks.insert(
