@@ -1,6 +1,6 @@
 //! The `flowtel` binary as a user runs it: snapshot JSON over real traffic, and the one-line
 //! errors for bad input.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
