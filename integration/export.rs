@@ -198,7 +198,8 @@ fn bare(value: &str) -> &str {
 
 /// The families with at least one sample on an OpenMetrics page, and each sample's value by
 /// (sample name, sorted labels).
-type Samples = HashMap<(String, Vec<(String, String)>), String>;
+type SampleKey = (String, Vec<(String, String)>);
+type Samples = HashMap<SampleKey, String>;
 fn scrape(page: &str) -> (std::collections::BTreeSet<(String, String)>, Samples) {
     let mut declared = HashMap::new();
     let mut families = std::collections::BTreeSet::new();
@@ -290,7 +291,7 @@ fn otlp_and_metrics_carry_the_same_families_and_counts() {
     }
 
     // every counter point of the test's pairs: the last OTLP value equals the scraped one
-    let mut last: HashMap<(String, Vec<(String, String)>), (String, String)> = HashMap::new();
+    let mut last: HashMap<SampleKey, (String, String)> = HashMap::new();
     for p in points.iter().filter(|p| p.kind == "Sum") {
         if p.attributes.get("server.port").map(|v| bare(v)) != Some(port.to_string().as_str()) {
             continue;
