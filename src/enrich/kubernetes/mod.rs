@@ -22,6 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::flows::{FlowKey, FlowPair};
+use crate::names;
 use api::{ApiIndex, KubeApi, PodInfo};
 
 /// `[kubernetes]` in the configuration.
@@ -136,17 +137,17 @@ impl PodAttributes {
     pub fn attributes(&self) -> Vec<(&'static str, &str)> {
         let local_workload = self.workload_kind.as_deref().and_then(workload_attribute);
         [
-            ("k8s.pod.uid", &self.pod_uid),
-            ("container.id", &self.container_id),
-            ("k8s.pod.name", &self.pod_name),
-            ("k8s.namespace.name", &self.namespace),
-            ("k8s.node.name", &self.node_name),
+            (names::K8S_POD_UID, &self.pod_uid),
+            (names::CONTAINER_ID, &self.container_id),
+            (names::K8S_POD_NAME, &self.pod_name),
+            (names::K8S_NAMESPACE_NAME, &self.namespace),
+            (names::K8S_NODE_NAME, &self.node_name),
             (local_workload.unwrap_or(""), &self.workload_name),
-            ("flowtel.peer.k8s.namespace.name", &self.peer_namespace),
-            ("flowtel.peer.k8s.pod.name", &self.peer_pod_name),
-            ("flowtel.peer.k8s.workload.name", &self.peer_workload_name),
-            ("flowtel.peer.k8s.workload.kind", &self.peer_workload_kind),
-            ("flowtel.peer.k8s.service.name", &self.peer_service_name),
+            (names::PEER_K8S_NAMESPACE_NAME, &self.peer_namespace),
+            (names::PEER_K8S_POD_NAME, &self.peer_pod_name),
+            (names::PEER_K8S_WORKLOAD_NAME, &self.peer_workload_name),
+            (names::PEER_K8S_WORKLOAD_KIND, &self.peer_workload_kind),
+            (names::PEER_K8S_SERVICE_NAME, &self.peer_service_name),
         ]
         .into_iter()
         .filter(|(name, _)| !name.is_empty())
@@ -182,12 +183,12 @@ impl PodAttributes {
 /// The semantic-convention attribute for a local workload of `kind`.
 fn workload_attribute(kind: &str) -> Option<&'static str> {
     Some(match kind {
-        "Deployment" => "k8s.deployment.name",
-        "StatefulSet" => "k8s.statefulset.name",
-        "DaemonSet" => "k8s.daemonset.name",
-        "Job" => "k8s.job.name",
-        "CronJob" => "k8s.cronjob.name",
-        "ReplicaSet" => "k8s.replicaset.name",
+        "Deployment" => names::K8S_DEPLOYMENT_NAME,
+        "StatefulSet" => names::K8S_STATEFULSET_NAME,
+        "DaemonSet" => names::K8S_DAEMONSET_NAME,
+        "Job" => names::K8S_JOB_NAME,
+        "CronJob" => names::K8S_CRONJOB_NAME,
+        "ReplicaSet" => names::K8S_REPLICASET_NAME,
         _ => return None,
     })
 }
@@ -203,20 +204,20 @@ pub struct WorkloadPair {
 
 impl WorkloadPair {
     pub fn attributes(&self) -> Vec<(&'static str, &str)> {
-        let mut attrs = vec![("k8s.namespace.name", &*self.local.0)];
+        let mut attrs = vec![(names::K8S_NAMESPACE_NAME, &*self.local.0)];
         if let Some(name) = workload_attribute(&self.local.1) {
             attrs.push((name, &*self.local.2));
         }
         attrs.extend([
-            ("flowtel.peer.k8s.namespace.name", &*self.peer.0),
+            (names::PEER_K8S_NAMESPACE_NAME, &*self.peer.0),
             if &*self.peer.1 == "Service" {
-                ("flowtel.peer.k8s.service.name", &*self.peer.2)
+                (names::PEER_K8S_SERVICE_NAME, &*self.peer.2)
             } else {
-                ("flowtel.peer.k8s.workload.name", &*self.peer.2)
+                (names::PEER_K8S_WORKLOAD_NAME, &*self.peer.2)
             },
         ]);
         if &*self.peer.1 != "Service" {
-            attrs.push(("flowtel.peer.k8s.workload.kind", &*self.peer.1));
+            attrs.push((names::PEER_K8S_WORKLOAD_KIND, &*self.peer.1));
         }
         attrs
     }
