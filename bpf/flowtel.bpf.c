@@ -213,6 +213,19 @@ static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_
 	__sync_fetch_and_add(&s->rtt_hist[hist_bucket_us(rtt_us)], 1);
 }
 
+/* The receiver's RTT estimate (x8, like srtt): what a host that mostly receives sees of the path
+ * its data comes over, queueing included. Zero until the socket has received enough data. */
+static __always_inline void add_rcv_rtt(struct flowtel_pair_stats *s, __u32 rtt_us_x8)
+{
+	__u32 rtt_us = rtt_us_x8 >> 3;
+
+	if (!rtt_us)
+		return;
+	__sync_fetch_and_add(&s->rcv_rtt_count, 1);
+	__sync_fetch_and_add(&s->rcv_rtt_sum_us, rtt_us);
+	__sync_fetch_and_add(&s->rcv_rtt_hist[hist_bucket_us(rtt_us)], 1);
+}
+
 /* The cheap default: srtt at close and per walk. With per-ACK samples on, those are the only
  * samples, so that one histogram holds one kind of value. */
 static __always_inline void add_srtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
@@ -660,6 +673,7 @@ static __always_inline void close_fold(struct tcp_sock *tp, bool reset)
 	if (outcome_counted)
 		return;
 	add_srtt(s, tp->srtt_us);
+	add_rcv_rtt(s, tp->rcv_rtt_est.rtt_us);
 	if (role == FLOWTEL_ROLE_SERVER && !(rep && rep->established_counted))
 		__sync_fetch_and_add(&s->conn_established, 1);
 	if (reset)
@@ -872,6 +886,7 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 	c.segs_received = delta(c.segs_received, &rep->segs_received);
 	add_counts(s, &c);
 	add_srtt(s, tp->srtt_us);
+	add_rcv_rtt(s, tp->rcv_rtt_est.rtt_us);
 	__sync_fetch_and_add(&s->active, 1);
 	s->cgroup_id = sock_cgroup_id(sk);
 

@@ -93,6 +93,9 @@ struct flowtel_pair_stats {
 	__u64 connect_sum_us;
 	__u64 rtt_count;
 	__u64 rtt_sum_us;
+	/* receiver-side RTT estimates (tcp_sock.rcv_rtt_est, TCP_INFO's tcpi_rcv_rtt) */
+	__u64 rcv_rtt_count;
+	__u64 rcv_rtt_sum_us;
 	/* established sockets seen by the walk that ended this interval (a gauge) */
 	__u64 active;
 	/* last writer wins: the owner seen most recently on this CPU */
@@ -100,6 +103,7 @@ struct flowtel_pair_stats {
 	__u32 pid;
 	__u32 connect_hist[FLOWTEL_HIST_BUCKETS];
 	__u32 rtt_hist[FLOWTEL_HIST_BUCKETS];
+	__u32 rcv_rtt_hist[FLOWTEL_HIST_BUCKETS];
 	char comm[16];
 };
 

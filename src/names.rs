@@ -7,6 +7,7 @@ pub const SEGMENTS: &str = "flowtel.tcp.segments";
 pub const RETRANSMITS: &str = "flowtel.tcp.retransmits";
 pub const TIMEOUTS: &str = "flowtel.tcp.timeouts";
 pub const RTT: &str = "flowtel.tcp.rtt";
+pub const RTT_RECEIVER: &str = "flowtel.tcp.rtt.receiver";
 pub const CONNECT_DURATION: &str = "flowtel.tcp.connect.duration";
 pub const CONNECTIONS: &str = "flowtel.tcp.connections";
 pub const CONNECTIONS_ACTIVE: &str = "flowtel.tcp.connections.active";

@@ -148,11 +148,26 @@ fn log_transition(t: &Transition) {
         format!("{:?}", t.to).to_lowercase(),
     );
     let numbers = |h: &GroupHealth| {
+        let e = &h.evidence;
+        let ms = |v: Option<f64>| v.map_or("-".into(), |s| format!("{:.2}ms", s * 1e3));
         format!(
-            "retransmit_ratio={} rtt_ratio={} timeouts={} connect_failure_ratio={}",
+            "retransmit_ratio={} retransmits={}/{} usual_ratio={:.4} evidence={:.1} \
+             rtt_p50={} rtt_baseline={} rtt_samples={} receiver_rtt_p50={} receiver_rtt_baseline={} \
+             receiver_rtt_samples={} rtt_ratio={} timeouts={} delivered_vs_usual={} connect_failure_ratio={}",
             h.retransmit_ratio.map_or("-".into(), |r| format!("{r:.4}")),
+            e.retransmits,
+            e.segments,
+            e.retransmit_baseline,
+            e.retransmit_evidence,
+            ms(e.rtt_p50),
+            ms(e.rtt_baseline),
+            e.rtt_samples,
+            ms(e.rtt_receiver_p50),
+            ms(e.rtt_receiver_baseline),
+            e.rtt_receiver_samples,
             h.rtt_ratio.map_or("-".into(), |r| format!("{r:.2}")),
             h.timeouts,
+            e.delivered_ratio.map_or("-".into(), |r| format!("{r:.2}")),
             h.connect_failure_ratio.map_or("-".into(), |r| format!("{r:.3}")),
         )
     };

@@ -310,6 +310,7 @@ struct FlowFamilies {
     retransmits: usize,
     timeouts: usize,
     rtt: usize,
+    rtt_receiver: usize,
     connect: usize,
     connections: usize,
     active: usize,
@@ -348,6 +349,12 @@ impl FlowFamilies {
                 unit::SECONDS,
                 Kind::Histogram,
                 "Smoothed round-trip time: one sample at each close and one per live connection per poll",
+            ),
+            rtt_receiver: family(
+                names::RTT_RECEIVER,
+                unit::SECONDS,
+                Kind::Histogram,
+                "Receiver-side RTT estimate (tcpi_rcv_rtt), sampled where flowtel.tcp.rtt is: the path data comes in over",
             ),
             connect: family(
                 names::CONNECT_DURATION,
@@ -406,7 +413,11 @@ impl FlowFamilies {
             }
         }
         b.point(self.active, series, Vec::new(), None, int(active));
-        for (family, h) in [(self.rtt, &v.rtt), (self.connect, &v.connect_duration)] {
+        for (family, h) in [
+            (self.rtt, &v.rtt),
+            (self.rtt_receiver, &v.rtt_receiver),
+            (self.connect, &v.connect_duration),
+        ] {
             if h.buckets.iter().any(|n| *n > 0) {
                 b.point(family, series, Vec::new(), start, Value::Histogram(h));
             }

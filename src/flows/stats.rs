@@ -229,6 +229,9 @@ pub struct FlowCounters {
     pub connect_duration: Log2Histogram,
     /// Smoothed RTT samples: one at each close and one per live socket per walk.
     pub rtt: Log2Histogram,
+    /// The receiver's RTT estimate (`tcpi_rcv_rtt`), sampled where `rtt` is: how long the data
+    /// coming in takes, queueing on the way here included.
+    pub rtt_receiver: Log2Histogram,
     /// Established connections seen alive by the last walk (a gauge, not additive).
     pub active: u64,
 }
@@ -282,6 +285,7 @@ impl FlowCounters {
             conn_failed: std::array::from_fn(|i| sub(self.conn_failed[i], earlier.conn_failed[i])),
             connect_duration: self.connect_duration.saturating_sub(&earlier.connect_duration),
             rtt: self.rtt.saturating_sub(&earlier.rtt),
+            rtt_receiver: self.rtt_receiver.saturating_sub(&earlier.rtt_receiver),
             active: self.active,
         }
     }
@@ -312,6 +316,7 @@ impl FlowCounters {
         }
         self.connect_duration.add(&delta.connect_duration);
         self.rtt.add(&delta.rtt);
+        self.rtt_receiver.add(&delta.rtt_receiver);
     }
 }
 

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rules::{Baselines, Outcome};
 pub use rules::{HealthThresholds, Reason};
 
 use crate::enrich::FlowView;
 use crate::flows::{FlowCounters, FlowKey, Log2Histogram, PairSnapshots};
-use baseline::Baseline;
 
 /// The set of flows a health status describes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,9 +85,13 @@ impl Attribution {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IntervalStats {
     pub segs_sent: u64,
+    pub segs_received: u64,
     pub retrans: u64,
     pub timeouts: u64,
+    /// Sender-side smoothed RTT samples.
     pub rtt: Log2Histogram,
+    /// Receiver-side RTT estimates: what a host that mostly receives sees of its download path.
+    pub rtt_receiver: Log2Histogram,
     pub established: u64,
     pub failed: u64,
 }
@@ -95,12 +99,39 @@ pub struct IntervalStats {
 impl IntervalStats {
     fn add(&mut self, d: &FlowCounters) {
         self.segs_sent += d.segs_sent;
+        self.segs_received += d.segs_received;
         self.retrans += d.retrans_total();
         self.timeouts += d.rto_total();
         self.rtt.add(&d.rtt);
+        self.rtt_receiver.add(&d.rtt_receiver);
         self.established += d.conn_established;
         self.failed += d.failed_total();
     }
+
+    /// Segments that moved, both ways.
+    pub fn delivered(&self) -> u64 {
+        self.segs_sent + self.segs_received
+    }
+}
+
+/// The numbers behind a verdict, for logs and explanations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evidence {
+    /// Data segments sent and retransmitted in the interval.
+    pub segments: u64,
+    pub retransmits: u64,
+    /// The usual retransmission ratio the interval was weighed against (H0).
+    pub retransmit_baseline: f64,
+    /// The pooled log-likelihood ratio of "bad" over "usual" (bad from `retransmit_evidence`).
+    pub retransmit_evidence: f64,
+    pub rtt_p50: Option<f64>,
+    pub rtt_baseline: Option<f64>,
+    pub rtt_samples: u64,
+    pub rtt_receiver_p50: Option<f64>,
+    pub rtt_receiver_baseline: Option<f64>,
+    pub rtt_receiver_samples: u64,
+    /// Delivered segments over their baseline.
+    pub delivered_ratio: Option<f64>,
 }
 
 /// One group's verdict after an evaluation.
@@ -111,12 +142,14 @@ pub struct GroupHealth {
     /// Why it is degraded (empty otherwise).
     pub reasons: Vec<Reason>,
     pub attribution: Attribution,
-    /// Interval RTT p50 over its baseline, where both are known.
+    /// Interval RTT p50 over its baseline, where both are known: the larger of the sender-side
+    /// and the receiver-side ratios.
     pub rtt_ratio: Option<f64>,
     /// Retransmitted / data segments sent in the interval, where enough segments were sent.
     pub retransmit_ratio: Option<f64>,
     pub timeouts: u64,
     pub connect_failure_ratio: Option<f64>,
+    pub evidence: Evidence,
 }
 
 /// A status change, to be logged once.
@@ -132,8 +165,9 @@ struct GroupState {
     status: Status,
     bad_streak: u32,
     good_streak: u32,
-    retrans: Baseline,
-    rtt_p50: Baseline,
+    baselines: Baselines,
+    /// The retransmission CUSUM (see `rules`).
+    evidence: f64,
     last_reasons: Vec<Reason>,
 }
 
@@ -143,8 +177,8 @@ impl GroupState {
             status: Status::Unknown,
             bad_streak: 0,
             good_streak: 0,
-            retrans: Baseline::new(window),
-            rtt_p50: Baseline::new(window),
+            baselines: Baselines::new(window),
+            evidence: 0.0,
             last_reasons: Vec::new(),
         }
     }
@@ -223,16 +257,23 @@ impl HealthEvaluator {
                 continue;
             };
             let interval = stats.get(&id).cloned().unwrap_or_default();
-            let verdict = rules::judge(&t, &interval, &state.retrans, &state.rtt_p50);
+            let verdict = rules::judge(&t, &interval, &state.baselines, &mut state.evidence);
             let before = state.status;
-            match verdict.bad {
-                None => {
-                    // quiet: nothing to judge; a long silence forgets the status
+            match verdict.outcome {
+                Outcome::Quiet => {
+                    // quiet: nothing to judge; a silence forgets the status and the evidence
                     state.good_streak = 0;
                     state.bad_streak = 0;
+                    state.evidence = 0.0;
                     state.status = Status::Unknown;
                 }
-                Some(true) => {
+                Outcome::Hold => {
+                    // neither confirms nor clears: a degraded group stays so, and does not
+                    // count towards leaving
+                    state.good_streak = 0;
+                    state.last_reasons.clone_from(&verdict.reasons);
+                }
+                Outcome::Bad => {
                     state.bad_streak += 1;
                     state.good_streak = 0;
                     state.last_reasons.clone_from(&verdict.reasons);
@@ -242,17 +283,12 @@ impl HealthEvaluator {
                         state.status = Status::Healthy;
                     }
                 }
-                Some(false) => {
+                Outcome::Good => {
                     state.good_streak += 1;
                     state.bad_streak = 0;
                     // baselines learn from healthy intervals only
                     if state.status != Status::Degraded {
-                        if let Some(r) = verdict.retransmit_ratio {
-                            state.retrans.push(r);
-                        }
-                        if let Some(p50) = verdict.rtt_p50 {
-                            state.rtt_p50.push(p50);
-                        }
+                        state.baselines.learn(&verdict, &interval);
                     }
                     if state.status != Status::Degraded || state.good_streak >= t.exit_intervals {
                         state.status = Status::Healthy;
@@ -269,10 +305,26 @@ impl HealthEvaluator {
                 status: state.status,
                 reasons,
                 attribution: Attribution::Unknown,
-                rtt_ratio: verdict.rtt_ratio,
+                rtt_ratio: match (verdict.rtt.ratio, verdict.rtt_receiver.ratio) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
                 retransmit_ratio: verdict.retransmit_ratio,
                 timeouts: interval.timeouts,
                 connect_failure_ratio: verdict.failure_ratio,
+                evidence: Evidence {
+                    segments: interval.segs_sent,
+                    retransmits: interval.retrans,
+                    retransmit_baseline: verdict.retransmit_baseline,
+                    retransmit_evidence: verdict.retransmit_evidence,
+                    rtt_p50: verdict.rtt.p50,
+                    rtt_baseline: verdict.rtt.baseline,
+                    rtt_samples: verdict.rtt.samples,
+                    rtt_receiver_p50: verdict.rtt_receiver.p50,
+                    rtt_receiver_baseline: verdict.rtt_receiver.baseline,
+                    rtt_receiver_samples: verdict.rtt_receiver.samples,
+                    delivered_ratio: verdict.delivered_ratio,
+                },
             };
             if before != state.status {
                 transitions.push(Transition {

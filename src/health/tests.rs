@@ -125,9 +125,10 @@ fn a_degraded_period_does_not_poison_the_baseline() {
         Status::Degraded,
         "still slow"
     );
-    for i in 0..3 {
+    let exit = HealthThresholds::default().exit_intervals;
+    for i in 1..=exit {
         let h = run.step(&[(a.clone(), healthy())]);
-        let expected = if i < 2 { Status::Degraded } else { Status::Healthy };
+        let expected = if i < exit { Status::Degraded } else { Status::Healthy };
         assert_eq!(h.status, expected, "leaves after exit_intervals good intervals ({i})");
     }
     run.step(&[(a.clone(), interval(2000, 0.001, 40.0, 0))]);
@@ -283,4 +284,89 @@ fn a_monitor_is_its_own_group_over_the_pairs_it_selects_and_is_tracked_before_pe
     assert_eq!(statuses[0], Status::Healthy);
     assert_eq!(statuses[5], Status::Degraded, "{statuses:?}");
     assert!(eval.untracked_groups > 0, "the peer groups were counted, not tracked");
+}
+
+/// A deterministic stand-in for noise: the ratios of a 1% loss observed over ~3000 segments.
+const ONE_PERCENT_LOSS: [f64; 10] = [0.004, 0.018, 0.009, 0.006, 0.013, 0.011, 0.005, 0.016, 0.008, 0.01];
+
+#[test]
+fn sustained_low_loss_stays_degraded_while_it_lasts_then_clears() {
+    let (mut run, a) = warmed(10);
+    let mut statuses = Vec::new();
+    for (i, ratio) in ONE_PERCENT_LOSS.iter().cycle().take(40).enumerate() {
+        let h = run.step(&[(a.clone(), interval(3000, *ratio, 10.0, 0))]);
+        if i >= 1 {
+            assert_eq!(h.status, Status::Degraded, "interval {i} at {ratio}: {h:?}");
+            assert_eq!(h.reasons, vec![Reason::Retransmits]);
+        }
+        statuses.push(h.status);
+    }
+    let clear: Vec<Status> = (0..3).map(|_| run.step(&[(a.clone(), healthy())]).status).collect();
+    assert_eq!(
+        clear.last(),
+        Some(&Status::Healthy),
+        "healthy within 3 clean intervals: {clear:?}"
+    );
+}
+
+#[test]
+fn half_a_percent_over_a_clean_baseline_is_detected() {
+    let (mut run, a) = warmed(10);
+    let h: Vec<Status> = (0..3)
+        .map(|_| run.step(&[(a.clone(), interval(3000, 0.005, 10.0, 0))]).status)
+        .collect();
+    assert_eq!(h.last(), Some(&Status::Degraded), "{h:?}");
+}
+
+#[test]
+fn a_few_retransmits_over_few_segments_are_no_verdict() {
+    let (mut run, a) = warmed(10);
+    // 3 of 60 (5%): far above any per-interval threshold, but not enough evidence alone
+    let h = run.step(&[(a.clone(), interval(60, 0.05, 10.0, 0))]);
+    assert_eq!((h.status, h.reasons.clone()), (Status::Healthy, vec![]), "{h:?}");
+    assert!(h.evidence.retransmit_evidence < HealthThresholds::default().retransmit_evidence);
+    assert_eq!(run.step(&[(a.clone(), healthy())]).status, Status::Healthy);
+    // the same 5% over 2000 segments is
+    run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
+    let h = run.step(&[(a.clone(), interval(2000, 0.05, 10.0, 0))]);
+    assert_eq!(h.status, Status::Degraded);
+    assert!(h.evidence.retransmit_evidence >= HealthThresholds::default().retransmit_evidence);
+    assert_eq!((h.evidence.segments, h.evidence.retransmits), (2000, 100));
+}
+
+#[test]
+fn receiver_side_rtt_shows_delay_on_the_download_path() {
+    let downloading = |rcv_rtt_ms: f64| {
+        let mut s = interval(200, 0.0, 1.0, 0);
+        s.segs_received = 5000;
+        for jitter in [0.9, 1.0, 1.1] {
+            s.rtt_receiver.record((rcv_rtt_ms * jitter * 1000.0) as u64);
+        }
+        s
+    };
+    let mut run = Run::new();
+    let a = peer(1);
+    for _ in 0..8 {
+        assert_eq!(run.step(&[(a.clone(), downloading(2.0))]).status, Status::Healthy);
+    }
+    run.step(&[(a.clone(), downloading(60.0))]);
+    let h = run.step(&[(a.clone(), downloading(60.0))]);
+    assert_eq!((h.status, h.reasons.clone()), (Status::Degraded, vec![Reason::Rtt]));
+    assert!(h.rtt_ratio.is_some_and(|r| r > 20.0), "{h:?}");
+    assert!(h.evidence.rtt_receiver_baseline.is_some() && h.evidence.rtt_receiver_samples == 3);
+}
+
+#[test]
+fn collapsed_delivery_with_timeouts_is_a_verdict() {
+    let (mut run, a) = warmed(10);
+    // a trickle of 40 segments with one timeout against a usual 2000
+    let mut collapsed = interval(40, 0.0, 10.0, 1);
+    collapsed.rtt = Default::default();
+    run.step(&[(a.clone(), collapsed.clone())]);
+    let h = run.step(&[(a.clone(), collapsed)]);
+    assert_eq!(
+        (h.status, h.reasons.clone()),
+        (Status::Degraded, vec![Reason::Collapse])
+    );
+    assert!(h.evidence.delivered_ratio.is_some_and(|r| r < 0.05), "{h:?}");
 }

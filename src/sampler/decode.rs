@@ -76,6 +76,7 @@ pub(super) fn pair_stats_per_cpu<'a>(values: impl IntoIterator<Item = &'a [u8]>)
             conn_failed: raw.conn_failed,
             connect_duration: histogram(raw.connect_count, raw.connect_sum_us, &raw.connect_hist),
             rtt: histogram(raw.rtt_count, raw.rtt_sum_us, &raw.rtt_hist),
+            rtt_receiver: histogram(raw.rcv_rtt_count, raw.rcv_rtt_sum_us, &raw.rcv_rtt_hist),
             active: 0,
         };
         counters.add(&one);

@@ -131,6 +131,8 @@ pub struct CountersReport {
     pub timeouts: ByPhase,
     pub connections: Connections,
     pub rtt: HistogramReport,
+    /// Receiver-side RTT estimates.
+    pub rtt_receiver: HistogramReport,
     pub connect_duration: HistogramReport,
 }
 
@@ -161,6 +163,7 @@ impl From<&FlowCounters> for CountersReport {
                 active: c.active,
             },
             rtt: (&c.rtt).into(),
+            rtt_receiver: (&c.rtt_receiver).into(),
             connect_duration: (&c.connect_duration).into(),
         }
     }

@@ -345,6 +345,7 @@ mod tests {
             retransmit_ratio: Some(0.04),
             timeouts: 0,
             connect_failure_ratio: None,
+            evidence: Default::default(),
         };
         let unknown = GroupHealth {
             group: GroupId::Host,

@@ -57,6 +57,7 @@ fn model() -> TopModel {
         retransmit_ratio: Some(0.2),
         timeouts: 0,
         connect_failure_ratio: None,
+        evidence: Default::default(),
     };
     let monitor = GroupHealth {
         group: GroupId::Monitor("app-to-db".into()),
