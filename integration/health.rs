@@ -444,4 +444,7 @@ fn queueing_delay_towards_a_receiving_host_degrades_its_group_with_reason_rtt() 
         "the receiver side saw the delay: {ha:?}"
     );
     assert_ne!(peer_health(&f, b).status, Status::Degraded, "B is not delayed");
+    run_in(&a.ns, "tc", &["qdisc", "del", "dev", &a.spoke_if, "root"]);
+    let (n, _) = evaluations_until(&mut obs, 4, |f| peer_health(f, a).status == Status::Healthy);
+    eprintln!("tbf delay removed: healthy after {n} evaluation(s)");
 }
