@@ -514,7 +514,16 @@ resources:
 "#,
     )
     .expect("values");
-    for (name, extra) in [("defaults", None), ("custom", Some(&values))] {
+    let fleet = [
+        "metrics.enabled=true",
+        "podMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+    ];
+    for (name, extra, toggles) in [
+        ("defaults", None, &[][..]),
+        ("custom", Some(&values), &[][..]),
+        ("fleet", Some(&values), &fleet[..]),
+    ] {
         let mut cmd = Command::new("helm");
         cmd.args(["template", "flowtel"])
             .arg(&chart)
@@ -522,14 +531,36 @@ resources:
         if let Some(v) = extra {
             cmd.arg("--values").arg(v);
         }
+        for toggle in toggles {
+            cmd.args(["--set", toggle]);
+        }
         let rendered = run_ok(&mut cmd);
+        // prometheus-operator's kinds have no offline schema: promtool checks the rules, and the
+        // PodMonitor is checked against the DaemonSet it scrapes; the rest goes to
+        // kubernetes-validate
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("rendered YAML"))
+            .filter(|v| !v.is_null())
+            .collect();
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        let operator = |kind: &str| kind == "PodMonitor" || kind == "PrometheusRule";
+        assert_eq!(
+            kinds.iter().filter(|k| operator(k)).count(),
+            if toggles.is_empty() { 0 } else { 2 },
+            "{name}: {kinds:?}"
+        );
+        let builtin: Vec<String> = docs
+            .iter()
+            .filter(|d| !d["kind"].as_str().is_some_and(operator))
+            .map(|d| serde_yaml::to_string(d).expect("YAML"))
+            .collect();
         let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, &rendered).expect("write rendered chart");
+        std::fs::write(&path, builtin.join("---\n")).expect("write rendered chart");
         run_ok(Command::new("kubernetes-validate").arg("--strict").arg(&path));
+        check_operator_kinds(&docs, dir.path());
         // the flowtel.toml the chart renders is a valid flowtel configuration
         let mut config = None;
-        for doc in serde_yaml::Deserializer::from_str(&rendered) {
-            let value = serde_yaml::Value::deserialize(doc).expect("rendered YAML");
+        for value in docs {
             if value["kind"] == "ConfigMap" {
                 config = value["data"]["flowtel.toml"].as_str().map(String::from);
             }
@@ -551,6 +582,40 @@ resources:
                 checked.contains("2 networks") && checked.contains("2 monitors"),
                 "{checked}"
             );
+        }
+    }
+}
+
+/// A rendered PrometheusRule's spec is a valid Prometheus rule file (promtool), and a rendered
+/// PodMonitor selects the DaemonSet's pods and scrapes a port they name.
+fn check_operator_kinds(docs: &[serde_yaml::Value], dir: &Path) {
+    let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    for doc in docs {
+        match doc["kind"].as_str() {
+            Some("PrometheusRule") => {
+                assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                let rules = dir.join("prometheusrule.yml");
+                std::fs::write(&rules, serde_yaml::to_string(&doc["spec"]).expect("YAML")).expect("write rules");
+                let checked = run_ok(Command::new("promtool").arg("check").arg("rules").arg(&rules));
+                assert!(checked.contains("SUCCESS"), "{checked}");
+            }
+            Some("PodMonitor") => {
+                assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                let selector = &doc["spec"]["selector"]["matchLabels"];
+                let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+                for (k, v) in selector.as_mapping().expect("matchLabels") {
+                    assert_eq!(&pod_labels[k], v, "the PodMonitor selects the DaemonSet's pods");
+                }
+                let ports = &daemonset["spec"]["template"]["spec"]["containers"][0]["ports"];
+                for endpoint in doc["spec"]["podMetricsEndpoints"].as_sequence().expect("endpoints") {
+                    let port = endpoint["port"].as_str().expect("a named port");
+                    assert!(
+                        ports.as_sequence().expect("ports").iter().any(|p| p["name"] == port),
+                        "the container names port {port}"
+                    );
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -274,7 +274,18 @@ fn otlp_and_metrics_carry_the_same_families_and_counts() {
             (name, kind.to_string())
         })
         .collect();
-    let (metrics, samples) = scrape(&page);
+    let (mut metrics, samples) = scrape(&page);
+    // the resource, which OTLP carries beside the metrics, is /metrics' target_info
+    assert!(
+        metrics.remove(&("target".to_string(), "info".to_string())),
+        "target_info on /metrics: {page}"
+    );
+    assert!(
+        samples
+            .keys()
+            .any(|(name, labels)| name == "target_info" && labels.iter().any(|(k, _)| k == "service_instance_id")),
+        "target_info carries the resource"
+    );
     assert_eq!(
         otlp, metrics,
         "every OTLP family on /metrics under its Prometheus name, and every /metrics family in OTLP"

@@ -229,8 +229,8 @@ fn series_attributes<'a>(series: &'a Series, peer_addresses: &PeerAddresses) -> 
     attrs
 }
 
-/// The health attributes of one group: scope, identity, reason ("none" when not degraded) and
-/// attribution.
+/// The health attributes of one group: scope, identity (with a peer's placement: category,
+/// subnets, zones...), reason ("none" when not degraded) and attribution.
 fn health_attributes(h: &GroupHealth, peer_addresses: &PeerAddresses) -> Attributes<'static> {
     let mut attrs: Attributes<'static> = vec![(names::HEALTH_SCOPE, h.group.scope().into())];
     match &h.group {
@@ -240,6 +240,13 @@ fn health_attributes(h: &GroupHealth, peer_addresses: &PeerAddresses) -> Attribu
         }
         GroupId::Monitor(name) => attrs.push((names::MONITOR, name.to_string().into())),
         GroupId::Host => {}
+    }
+    if let Some(context) = &h.context {
+        attrs.extend(
+            context_attributes(context)
+                .into_iter()
+                .map(|(k, v)| (k, AttrValue::from(v.to_string()))),
+        );
     }
     let reasons: Vec<&str> = h.reasons.iter().map(|r| r.as_str()).collect();
     let reason = if reasons.is_empty() {

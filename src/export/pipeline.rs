@@ -84,15 +84,16 @@ impl ExportPipeline {
             .as_ref()
             .map(|s| OtlpSender::spawn(s, config.temporality, runtime))
             .transpose()?;
+        let resource: Resource = (&resource::detect(host)).into();
         let prometheus = config
             .prometheus
             .as_ref()
-            .map(|p| PrometheusOutput::start(p, runtime))
+            .map(|p| PrometheusOutput::start(p, &resource, runtime))
             .transpose()?;
         Ok(Self {
             selector: SeriesSelector::new(config.selection, now),
             started: now,
-            resource: (&resource::detect(host)).into(),
+            resource,
             temporality: config.temporality,
             histograms: config.histograms,
             file,

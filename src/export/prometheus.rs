@@ -12,6 +12,8 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
 use super::metric_set::{Family, Kind, MetricSet, Value};
 use crate::flows::Log2Histogram;
 
@@ -110,8 +112,37 @@ fn sample(
     let _ = writeln!(out, " {value}");
 }
 
+/// The resource as OpenMetrics' `target` info family (`target_info{host_name=...} 1`), the
+/// OpenTelemetry convention for resource attributes on a Prometheus endpoint.
+pub fn target_info(resource: &Resource) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let labels: Vec<String> = resource
+        .attributes
+        .iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Any::StringValue(s) => s.clone(),
+                Any::IntValue(i) => i.to_string(),
+                Any::BoolValue(b) => b.to_string(),
+                Any::DoubleValue(d) => d.to_string(),
+                _ => return None,
+            };
+            Some(format!("{}=\"{}\"", sanitize(&kv.key), escape(&value)))
+        })
+        .collect();
+    format!(
+        "# TYPE target info\n# HELP target Target metadata: the OTLP resource\ntarget_info{{{}}} 1\n",
+        labels.join(",")
+    )
+}
+
 /// The OpenMetrics page for one cumulative metric set.
 pub fn render(set: &MetricSet<'_>) -> String {
+    render_with(set, "")
+}
+
+/// The page with `prefix` (the `target_info` family) before the metric set's families.
+pub fn render_with(set: &MetricSet<'_>, prefix: &str) -> String {
     let series: Vec<String> = set
         .attributes
         .iter()
@@ -123,7 +154,7 @@ pub fn render(set: &MetricSet<'_>) -> String {
             body.join(",")
         })
         .collect();
-    let mut out = String::new();
+    let mut out = String::from(prefix);
     for family in &set.families {
         let (name, unit) = family_name(family);
         let kind = match family.kind {
@@ -174,20 +205,29 @@ pub fn render(set: &MetricSet<'_>) -> String {
 /// Serves the latest page on `/metrics` from a task on `runtime`.
 pub struct PrometheusOutput {
     page: Arc<RwLock<String>>,
+    target_info: String,
 }
 
 impl PrometheusOutput {
-    pub fn start(section: &PrometheusSection, runtime: &tokio::runtime::Handle) -> Result<Self, PrometheusError> {
+    /// Serves `/metrics`; `resource` becomes its `target_info`.
+    pub fn start(
+        section: &PrometheusSection,
+        resource: &Resource,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self, PrometheusError> {
         let (listener, addr) = crate::agent::http_server::bind("export.prometheus.listen", &section.listen)?;
         let page = Arc::new(RwLock::new("# EOF\n".to_string()));
         let served = Arc::clone(&page);
         crate::agent::http_server::serve(listener, runtime, "/metrics", move |req| respond(req, &served));
         tracing::info!(listen = %addr, "Prometheus endpoint on /metrics");
-        Ok(Self { page })
+        Ok(Self {
+            page,
+            target_info: target_info(resource),
+        })
     }
 
     pub fn update(&self, set: &MetricSet<'_>) {
-        let page = render(set);
+        let page = render_with(set, &self.target_info);
         if let Ok(mut slot) = self.page.write() {
             *slot = page;
         }

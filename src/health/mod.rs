@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rules::{Baselines, Outcome};
 pub use rules::{HealthThresholds, Reason};
 
-use crate::enrich::FlowView;
+use crate::enrich::{FlowView, PairContext};
 use crate::flows::{FlowCounters, FlowKey, Log2Histogram, PairSnapshots};
 
 /// The set of flows a health status describes.
@@ -150,6 +150,9 @@ pub struct GroupHealth {
     pub timeouts: u64,
     pub connect_failure_ratio: Option<f64>,
     pub evidence: Evidence,
+    /// A peer group's placement (category, both ends' subnet, VPC, zone, region, service), so
+    /// that a fleet can place each verdict; `None` for the host and monitor groups.
+    pub context: Option<Arc<PairContext>>,
 }
 
 /// A status change, to be logged once.
@@ -191,6 +194,8 @@ pub struct HealthEvaluator {
     groups: HashMap<GroupId, GroupState>,
     /// Each pair's incarnation and counters at the previous evaluation.
     previous: PairSnapshots,
+    /// Each tracked peer group's placement, from its pairs' annotations.
+    contexts: HashMap<GroupId, Arc<PairContext>>,
     /// Peer groups beyond `max_groups` are not tracked (counted here).
     pub untracked_groups: u64,
 }
@@ -201,6 +206,7 @@ impl HealthEvaluator {
             thresholds,
             groups: HashMap::new(),
             previous: PairSnapshots::default(),
+            contexts: HashMap::new(),
             untracked_groups: 0,
         }
     }
@@ -224,13 +230,16 @@ impl HealthEvaluator {
             for name in view.monitors_of(annotated) {
                 stats.entry(GroupId::Monitor(Arc::clone(name))).or_default().add(&delta);
             }
-            stats
-                .entry(GroupId::Peer {
-                    address: pair.key.remote,
-                    port: pair.key.service_port,
-                })
-                .or_default()
-                .add(&delta);
+            let peer = GroupId::Peer {
+                address: pair.key.remote,
+                port: pair.key.service_port,
+            };
+            if self.groups.contains_key(&peer) || self.groups.len() < self.thresholds.max_groups {
+                self.contexts
+                    .entry(peer.clone())
+                    .or_insert_with(|| Arc::clone(&annotated.annotation.context));
+            }
+            stats.entry(peer).or_default().add(&delta);
         }
         self.previous = PairSnapshots::take(pairs.iter().map(|p| p.pair));
         self.apply(stats)
@@ -325,6 +334,7 @@ impl HealthEvaluator {
                     rtt_receiver_samples: verdict.rtt_receiver.samples,
                     delivered_ratio: verdict.delivered_ratio,
                 },
+                context: self.contexts.get(&id).cloned(),
             };
             if before != state.status {
                 transitions.push(Transition {

@@ -346,6 +346,7 @@ mod tests {
             timeouts: 0,
             connect_failure_ratio: None,
             evidence: Default::default(),
+            context: None,
         };
         let unknown = GroupHealth {
             group: GroupId::Host,

@@ -1,5 +1,5 @@
 //! The OTLP resource: `service.name` (default `flowtel`, `OTEL_SERVICE_NAME` wins),
-//! `service.version`, `host.name`, `host.id` (the machine id), `os.type`, the host's
+//! `service.version`, `service.instance.id` (the host name), `host.name`, `host.id` (the machine id), `os.type`, the host's
 //! `cloud.provider`, `cloud.availability_zone`, `cloud.region` and `cloud.account.id` where known
 //! (`[resources.host]` or detected), and anything in `OTEL_RESOURCE_ATTRIBUTES`, which overrides
 //! the detected values.
@@ -28,6 +28,8 @@ fn build(
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("os.type", "linux"),
     ];
+    // one instance per host: the Collector's Prometheus exporter makes it the `instance` label
+    defaults.extend(host_name.clone().map(|h| KeyValue::new("service.instance.id", h)));
     defaults.extend(host_name.map(|h| KeyValue::new("host.name", h)));
     defaults.extend(host_id.map(|h| KeyValue::new("host.id", h)));
     for (key, value) in [

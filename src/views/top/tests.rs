@@ -58,6 +58,7 @@ fn model() -> TopModel {
         timeouts: 0,
         connect_failure_ratio: None,
         evidence: Default::default(),
+        context: None,
     };
     let monitor = GroupHealth {
         group: GroupId::Monitor("app-to-db".into()),
