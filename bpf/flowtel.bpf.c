@@ -629,6 +629,23 @@ static __noinline void key_from_sock(struct sock *sk, struct flowtel_pair_key *k
 		  bpf_ntohs(inet->inet_sport), bpf_ntohs(sk->__sk_common.skc_dport), role);
 }
 
+/* Whether the socket belongs to the watched cgroup (always, at the hierarchy's root). The
+ * tracepoints fire for every socket of the host, and other agents attached to other cgroups
+ * mark their sockets the same way: without this, two agents would fold each other's. */
+static __always_inline bool in_target_cgroup(struct sock *sk)
+{
+	struct cgroup *cgrp, *ancestor = NULL;
+	__u32 level = flowtel_cgroup_level;
+
+	if (!flowtel_cgroup_id)
+		return true;
+	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	if (!cgrp || BPF_CORE_READ(cgrp, level) < (int)level)
+		return false;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level & 0xff]);
+	return ancestor && BPF_CORE_READ(ancestor, kn, id) == flowtel_cgroup_id;
+}
+
 /* A tracked socket's final counters into its pair, minus what walks reported, and its outcome.
  * `reset` says the caller saw a reset; otherwise an error on the socket means one. */
 static __always_inline void close_fold(struct tcp_sock *tp, bool reset)
@@ -739,7 +756,7 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
-	if (tp)
+	if (tp && in_target_cgroup((struct sock *)tp))
 		close_fold(tp, false);
 	return 0;
 }
@@ -775,7 +792,7 @@ int BPF_PROG(flowtel_reset_sent, struct sock *sk)
 	if (!sk || sk->__sk_common.skc_state != BPF_TCP_CLOSE)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
+	if (tp && in_target_cgroup((struct sock *)tp))
 		reset_fold(tp);
 	return 0;
 }
@@ -791,24 +808,11 @@ int BPF_PROG(flowtel_reset_received, struct sock *sk)
 	if (!sk || sk->__sk_common.skc_state == BPF_TCP_SYN_SENT)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
+	if (tp && in_target_cgroup((struct sock *)tp))
 		reset_fold(tp);
 	return 0;
 }
 
-static __always_inline bool in_target_cgroup(struct sock *sk)
-{
-	struct cgroup *cgrp, *ancestor = NULL;
-	__u32 level = flowtel_cgroup_level;
-
-	if (!flowtel_cgroup_id)
-		return true;
-	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
-	if (!cgrp || BPF_CORE_READ(cgrp, level) < (int)level)
-		return false;
-	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level & 0xff]);
-	return ancestor && BPF_CORE_READ(ancestor, kn, id) == flowtel_cgroup_id;
-}
 
 /* Walks every TCP socket of the reader's network namespace (user space enters each one):
  * keeps long-lived sockets current, samples their RTT, counts them as active. */

@@ -574,8 +574,12 @@ struct ChildCgroup(std::path::PathBuf);
 
 impl ChildCgroup {
     fn new() -> Self {
+        Self::named("")
+    }
+
+    fn named(suffix: &str) -> Self {
         let root = flowtel::sampler::cgroup2_root().expect("cgroup v2 mounted");
-        let path = root.join(format!("flowtel-test-{}", std::process::id()));
+        let path = root.join(format!("flowtel-test-{}{suffix}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create child cgroup");
         Self(path)
     }
@@ -644,6 +648,57 @@ fn a_child_cgroup_sees_only_its_own_sockets() {
         others.is_empty(),
         "sockets outside the cgroup are not watched: {others:?}"
     );
+}
+
+/// Two agents on two sibling cgroups (two hosts of a simulated fleet, two pods): the close folds
+/// run for every socket of the machine, so each must keep to its own cgroup's sockets.
+#[test]
+fn agents_on_sibling_cgroups_fold_only_their_own_sockets() {
+    let _serial = serial();
+    let (one, two) = (ChildCgroup::named("-one"), ChildCgroup::named("-two"));
+    let mut pollers: Vec<_> = [&one, &two]
+        .iter()
+        .map(|c| {
+            poller_with(SamplerConfig {
+                cgroup_path: Some(c.0.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+    ];
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+    std::thread::scope(|s| {
+        for l in &listeners {
+            s.spawn(move || {
+                let (mut c, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 5];
+                c.read_exact(&mut buf).expect("hello");
+                c.write_all(b"world!").expect("answer");
+            });
+        }
+        bash_client(Some(&one.0), ports[0]);
+        bash_client(Some(&two.0), ports[1]);
+    });
+    for (i, m) in pollers.iter_mut().enumerate() {
+        let own = key(LO4, LO4, ports[i], Role::Client);
+        poll_until(m, "its own client closed", |m| {
+            counters(m, &own).conn_closed + counters(m, &own).conn_reset >= 1
+        });
+        let c = counters(m, &own);
+        assert_eq!(
+            (c.bytes_sent, c.bytes_received),
+            (5, 6),
+            "agent {i}: its own pair, exact"
+        );
+        let other = key(LO4, LO4, ports[1 - i], Role::Client);
+        assert!(
+            m.table().get(&other).is_none(),
+            "agent {i} folded the other cgroup's socket"
+        );
+    }
 }
 
 #[test]
