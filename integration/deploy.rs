@@ -159,8 +159,10 @@ remote = [{{ subnet = "db" }}]
     std::fs::write(
         &prometheus_config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flowtel\n    scrape_interval: 1s\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}/*.rules.yml\n\
+             scrape_configs:\n  - job_name: flowtel\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
+            repo("docker/prometheus/rules").display()
         ),
     )
     .expect("prometheus config");
@@ -177,6 +179,8 @@ remote = [{{ subnet = "db" }}]
     let mut agent = Reaped(
         Command::new(BIN)
             .args(["--config", config.to_str().expect("utf8"), "run"])
+            // the fleet dashboard's cluster variable reads it from target_info
+            .env("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=test-cluster")
             .stderr(Stdio::piped())
             .spawn()
             .expect("flowtel run starts"),
@@ -211,7 +215,11 @@ remote = [{{ subnet = "db" }}]
         let json: Json = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("dashboard JSON");
         dashboards.push((path, json));
     }
-    assert_eq!(dashboards.len(), 4, "overview, top contributors, explorer, topology");
+    assert_eq!(
+        dashboards.len(),
+        5,
+        "overview, top contributors, explorer, topology, fleet"
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     // the rates need a few scrapes, health needs its baselines: retry until all answer
     let queries = loop {
