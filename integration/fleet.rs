@@ -107,6 +107,20 @@ fn the_committed_rules_are_what_the_generator_writes() {
     }
 }
 
+#[test]
+fn the_large_fleet_profile_is_a_valid_configuration() {
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            repo("config/large-fleet.toml").to_str().expect("utf8"),
+            "check",
+        ])
+        .env_remove("FLOWTEL_CONFIG")
+        .output()
+        .expect("flowtel runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 // --------------------------------------------------------------------------- the simulated fleet
 
 const SERVICE_PORT: u16 = 9100;
