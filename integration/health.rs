@@ -432,13 +432,10 @@ fn queueing_delay_towards_a_receiving_host_degrades_its_group_with_reason_rtt() 
     eprintln!(
         "tbf delay towards the hub from A: degraded after {n} evaluation(s), reasons {:?}; receiver RTT p50 {:?} \
          (baseline {:?}), sender RTT p50 {:?} (baseline {:?})",
-        ha.reasons, e.rtt_receiver_p50, e.rtt_receiver_baseline, e.rtt_p50, e.rtt_baseline
+        ha.reasons, e.rtt_receiver.p50, e.rtt_receiver.baseline, e.rtt.p50, e.rtt.baseline
     );
     assert!(ha.reasons.contains(&Reason::Rtt), "{ha:?}");
-    let receiver_ratio = e
-        .rtt_receiver_p50
-        .zip(e.rtt_receiver_baseline)
-        .map(|(p50, base)| p50 / base);
+    let receiver_ratio = e.rtt_receiver.ratio;
     assert!(
         receiver_ratio.is_some_and(|r| r >= 2.0),
         "the receiver side saw the delay: {ha:?}"

@@ -114,6 +114,15 @@ impl IntervalStats {
     }
 }
 
+/// One RTT signal's figures: the interval's p50, its baseline, their ratio, the samples.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RttEvidence {
+    pub p50: Option<f64>,
+    pub baseline: Option<f64>,
+    pub ratio: Option<f64>,
+    pub samples: u64,
+}
+
 /// The numbers behind a verdict, for logs and explanations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evidence {
@@ -124,12 +133,9 @@ pub struct Evidence {
     pub retransmit_baseline: f64,
     /// The pooled log-likelihood ratio of "bad" over "usual" (bad from `retransmit_evidence`).
     pub retransmit_evidence: f64,
-    pub rtt_p50: Option<f64>,
-    pub rtt_baseline: Option<f64>,
-    pub rtt_samples: u64,
-    pub rtt_receiver_p50: Option<f64>,
-    pub rtt_receiver_baseline: Option<f64>,
-    pub rtt_receiver_samples: u64,
+    /// Sender side and receiver side.
+    pub rtt: RttEvidence,
+    pub rtt_receiver: RttEvidence,
     /// Delivered segments over their baseline.
     pub delivered_ratio: Option<f64>,
 }
@@ -314,26 +320,14 @@ impl HealthEvaluator {
                 status: state.status,
                 reasons,
                 attribution: Attribution::Unknown,
-                rtt_ratio: match (verdict.rtt.ratio, verdict.rtt_receiver.ratio) {
+                rtt_ratio: match (verdict.evidence.rtt.ratio, verdict.evidence.rtt_receiver.ratio) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 },
                 retransmit_ratio: verdict.retransmit_ratio,
                 timeouts: interval.timeouts,
                 connect_failure_ratio: verdict.failure_ratio,
-                evidence: Evidence {
-                    segments: interval.segs_sent,
-                    retransmits: interval.retrans,
-                    retransmit_baseline: verdict.retransmit_baseline,
-                    retransmit_evidence: verdict.retransmit_evidence,
-                    rtt_p50: verdict.rtt.p50,
-                    rtt_baseline: verdict.rtt.baseline,
-                    rtt_samples: verdict.rtt.samples,
-                    rtt_receiver_p50: verdict.rtt_receiver.p50,
-                    rtt_receiver_baseline: verdict.rtt_receiver.baseline,
-                    rtt_receiver_samples: verdict.rtt_receiver.samples,
-                    delivered_ratio: verdict.delivered_ratio,
-                },
+                evidence: verdict.evidence,
                 context: self.contexts.get(&id).cloned(),
             };
             if before != state.status {

@@ -9,7 +9,7 @@
 //! below it as soon as clean segments outweigh it. The README ("Network health") explains the
 //! choice.
 use super::baseline::Baseline;
-use super::IntervalStats;
+use super::{Evidence, IntervalStats, RttEvidence};
 
 /// Why a group is degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,10 +132,10 @@ impl Baselines {
         if let Some(r) = v.retransmit_ratio {
             self.retrans.push(r);
         }
-        if let Some(p50) = v.rtt.p50 {
+        if let Some(p50) = v.evidence.rtt.p50 {
             self.rtt_p50.push(p50);
         }
-        if let Some(p50) = v.rtt_receiver.p50 {
+        if let Some(p50) = v.evidence.rtt_receiver.p50 {
             self.rtt_receiver_p50.push(p50);
         }
         if s.delivered() > 0 {
@@ -166,37 +166,28 @@ pub(super) fn log_likelihood_ratio(n: u64, k: u64, p0: f64, p1: f64) -> f64 {
     k * (p1 / p0).ln() + (n - k) * ((1.0 - p1) / (1.0 - p0)).ln()
 }
 
-/// One RTT signal's judgement (sender side or receiver side).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct RttVerdict {
-    pub p50: Option<f64>,
-    pub baseline: Option<f64>,
-    pub ratio: Option<f64>,
-    pub samples: u64,
-    pub bad: bool,
-}
-
-fn judge_rtt(t: &HealthThresholds, h: &crate::flows::Log2Histogram, baseline: &Baseline) -> RttVerdict {
+/// One RTT signal's figures (sender side or receiver side), and whether it is bad.
+fn judge_rtt(t: &HealthThresholds, h: &crate::flows::Log2Histogram, baseline: &Baseline) -> (RttEvidence, bool) {
     let p50 = (h.count >= t.min_rtt_samples)
         .then(|| h.quantile_seconds(0.5))
         .flatten();
-    let mut v = RttVerdict {
+    let mut e = RttEvidence {
         p50,
         samples: h.count,
         ..Default::default()
     };
     let Some(p50) = p50 else {
-        return v;
+        return (e, false);
     };
-    match baseline.median(t.baseline_min_intervals) {
+    let bad = match baseline.median(t.baseline_min_intervals) {
         Some(base) if base > 0.0 => {
-            v.baseline = Some(base);
-            v.ratio = Some(p50 / base);
-            v.bad = p50 / base >= t.rtt_ratio && p50 - base >= t.rtt_min_increase_seconds;
+            e.baseline = Some(base);
+            e.ratio = Some(p50 / base);
+            p50 / base >= t.rtt_ratio && p50 - base >= t.rtt_min_increase_seconds
         }
-        _ => v.bad = p50 >= t.rtt_absolute_seconds,
-    }
-    v
+        _ => p50 >= t.rtt_absolute_seconds,
+    };
+    (e, bad)
 }
 
 /// What one interval says about a group.
@@ -221,15 +212,8 @@ pub(super) struct Verdict {
     pub reasons: Vec<Reason>,
     /// This interval's ratio, where it had `min_segments`.
     pub retransmit_ratio: Option<f64>,
-    /// The usual ratio (H0) the evidence was weighed against.
-    pub retransmit_baseline: f64,
-    /// The pooled evidence after this interval (the CUSUM).
-    pub retransmit_evidence: f64,
-    pub rtt: RttVerdict,
-    pub rtt_receiver: RttVerdict,
     pub failure_ratio: Option<f64>,
-    /// Delivered segments over their baseline, where the baseline is warm.
-    pub delivered_ratio: Option<f64>,
+    pub evidence: Evidence,
 }
 
 /// Judges one interval; `evidence` is the group's retransmission CUSUM, updated in place.
@@ -254,10 +238,10 @@ pub(super) fn judge(t: &HealthThresholds, s: &IntervalStats, b: &Baselines, evid
     }
     let retransmit_ratio = (s.segs_sent >= t.min_segments).then(|| s.retrans as f64 / s.segs_sent as f64);
 
-    let rtt = judge_rtt(t, &s.rtt, &b.rtt_p50);
-    let rtt_receiver = judge_rtt(t, &s.rtt_receiver, &b.rtt_receiver_p50);
+    let (rtt, rtt_bad) = judge_rtt(t, &s.rtt, &b.rtt_p50);
+    let (rtt_receiver, rtt_receiver_bad) = judge_rtt(t, &s.rtt_receiver, &b.rtt_receiver_p50);
     known |= rtt.p50.is_some() || rtt_receiver.p50.is_some();
-    if rtt.bad || rtt_receiver.bad {
+    if rtt_bad || rtt_receiver_bad {
         reasons.push(Reason::Rtt);
     }
 
@@ -295,12 +279,16 @@ pub(super) fn judge(t: &HealthThresholds, s: &IntervalStats, b: &Baselines, evid
         outcome,
         reasons,
         retransmit_ratio,
-        retransmit_baseline: p0,
-        retransmit_evidence: *evidence,
-        rtt,
-        rtt_receiver,
         failure_ratio,
-        delivered_ratio,
+        evidence: Evidence {
+            segments: s.segs_sent,
+            retransmits: s.retrans,
+            retransmit_baseline: p0,
+            retransmit_evidence: *evidence,
+            rtt,
+            rtt_receiver,
+            delivered_ratio,
+        },
     }
 }
 

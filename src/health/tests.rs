@@ -353,7 +353,7 @@ fn receiver_side_rtt_shows_delay_on_the_download_path() {
     let h = run.step(&[(a.clone(), downloading(60.0))]);
     assert_eq!((h.status, h.reasons.clone()), (Status::Degraded, vec![Reason::Rtt]));
     assert!(h.rtt_ratio.is_some_and(|r| r > 20.0), "{h:?}");
-    assert!(h.evidence.rtt_receiver_baseline.is_some() && h.evidence.rtt_receiver_samples == 3);
+    assert!(h.evidence.rtt_receiver.baseline.is_some() && h.evidence.rtt_receiver.samples == 3);
 }
 
 #[test]
