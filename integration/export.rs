@@ -258,13 +258,31 @@ fn otlp_and_metrics_carry_the_same_families_and_counts() {
         ),
     ]);
     let port = exchange_known_bytes();
-    // two exports after the traffic: both outputs hold it, and nothing moves any more
+    // two exports after the traffic: both outputs hold it. Then one export seen by both: the
+    // page is rendered before the same export is sent, so a page fetched between two reads of
+    // the collector's log that show the same last export is that export's
     std::thread::sleep(Duration::from_millis(2500));
-    let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
-    std::thread::sleep(Duration::from_millis(1500));
+    let last_export = || {
+        let (points, _) = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        let time = points.iter().filter_map(|p| p.time.clone()).max();
+        let points: Vec<Point> = points
+            .into_iter()
+            .filter(|p| p.time == time && time.is_some())
+            .collect();
+        (time, points)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (page, points) = loop {
+        let (before, points) = last_export();
+        let page = http_get(metrics_port, "/metrics").expect("/metrics answers");
+        std::thread::sleep(Duration::from_millis(300));
+        let (after, _) = last_export();
+        if before.is_some() && before == after {
+            break (page, points);
+        }
+        assert!(Instant::now() < deadline, "no quiet moment between two exports");
+    };
     stop(&mut agent);
-    std::thread::sleep(Duration::from_millis(500));
-    let (points, _) = parse(&std::fs::read_to_string(&log_path).expect("rotel log"));
     assert!(!points.is_empty(), "rotel received nothing");
 
     let otlp: std::collections::BTreeSet<(String, String)> = points

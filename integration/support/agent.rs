@@ -62,6 +62,8 @@ pub struct Point {
     pub value: Option<String>,
     /// As printed: `2026-11-27 03:21:13.123456789 +0000 UTC`.
     pub start: Option<String>,
+    /// The export's time, as printed.
+    pub time: Option<String>,
 }
 
 /// Parses rotel's `--debug-log-verbosity detailed` output (the OpenTelemetry Collector debug
@@ -110,10 +112,15 @@ pub fn parse(log: &str) -> (Vec<Point>, HashMap<String, String>) {
                 attributes: HashMap::new(),
                 value: None,
                 start: None,
+                time: None,
             });
         } else if let Some(t) = trimmed.strip_prefix("StartTimestamp: ") {
             if let Some(p) = current.as_mut() {
                 p.start = Some(t.to_string());
+            }
+        } else if let Some(t) = trimmed.strip_prefix("Timestamp: ") {
+            if let Some(p) = current.as_mut() {
+                p.time = Some(t.to_string());
             }
         } else if let Some(v) = trimmed
             .strip_prefix("Value: ")

@@ -138,6 +138,25 @@ FLEET = [
     ),
 ]
 
+# Which direction loses segments: each end counts the retransmissions of what it sends, so a
+# pair series measures the path from its local address to its peer. Where both ends run flowtel,
+# the other end's series, with the two addresses swapped, measures the way back: the join.
+PATH_ID = "network_local_address, network_peer_address, server_port"
+SWAPPED = (
+    'max without (flowtel_swap) (label_replace(label_replace(label_replace(path:flowtel_tcp_retransmits:ratio_rate1m,'
+    ' "flowtel_swap", "$1", "network_local_address", "(.*)"),'
+    ' "network_local_address", "$1", "network_peer_address", "(.*)"),'
+    ' "network_peer_address", "$1", "flowtel_swap", "(.*)"))'
+)
+DIRECTIONS = [
+    (
+        "path:flowtel_tcp_retransmits:ratio_rate1m",
+        f"sum by ({PATH_ID}) (rate(flowtel_tcp_retransmits_total{{{PAIRS}}}[1m]))"
+        f" / sum by ({PATH_ID}) (rate(flowtel_tcp_segments_total{{{PAIRS},network_io_direction=\"transmit\"}}[1m]))",
+    ),
+    ("path:flowtel_tcp_retransmits:ratio_rate1m_reverse", SWAPPED),
+]
+
 DROPS_KERNEL = "pair_map_full|sock_storage_failed|listener_map_full|close_fold_skipped|undecodable_pair"
 ALERTS = [
     {
@@ -556,6 +575,38 @@ def fleet_health_record_tests():
     ]
 
 
+def direction_tests():
+    """A client 10.0.1.2 and its server 10.0.4.2:80, both watched: the client's sends lose 5%,
+    the server's 0%. Each path series carries the other end's view of the way back."""
+    client, server = "10.0.1.2", "10.0.4.2"
+    def pair(local, peer, role, retrans):
+        labels = {"flowtel_monitor": "", "otel_metric_overflow": "", "network_local_address": local,
+                  "network_peer_address": peer, "server_port": "80", "network_tcp_handshake_role": role}
+        return [
+            series("flowtel_tcp_retransmits_total", {**labels, "flowtel_tcp_phase": "established"}, f"0+{retrans}x10"),
+            series("flowtel_tcp_segments_total", {**labels, "network_io_direction": "transmit"}, "0+600x10"),
+            series("flowtel_tcp_segments_total", {**labels, "network_io_direction": "receive"}, "0+600x10"),
+        ]
+    path = lambda local, peer: f'{{network_local_address="{local}",network_peer_address="{peer}",server_port="80"}}'
+    return [
+        {
+            "name": "which direction loses segments",
+            "interval": "1m",
+            "input_series": pair(client, server, "client", 30) + pair(server, client, "server", 0),
+            "promql_expr_test": [
+                {"expr": "path:flowtel_tcp_retransmits:ratio_rate1m", "eval_time": "5m", "exp_samples": [
+                    {"labels": "path:flowtel_tcp_retransmits:ratio_rate1m" + path(client, server), "value": 0.05},
+                    {"labels": "path:flowtel_tcp_retransmits:ratio_rate1m" + path(server, client), "value": 0},
+                ]},
+                {"expr": "path:flowtel_tcp_retransmits:ratio_rate1m_reverse", "eval_time": "5m", "exp_samples": [
+                    {"labels": "path:flowtel_tcp_retransmits:ratio_rate1m_reverse" + path(client, server), "value": 0},
+                    {"labels": "path:flowtel_tcp_retransmits:ratio_rate1m_reverse" + path(server, client), "value": 0.05},
+                ]},
+            ],
+        }
+    ]
+
+
 def agent_tests():
     up = lambda inst, values: series("up", {"job": "flowtel", "instance": inst}, values)
     cpu = lambda inst, values: series("process_cpu_time_seconds_total", {"instance": inst, "cpu_mode": "user"}, values)
@@ -632,6 +683,7 @@ def main():
         os.path.join(out, "flowtel-fleet.rules.yml"),
         [
             ("flowtel-fleet-health", None, [{"record": r, "expr": e} for r, e in FLEET]),
+            ("flowtel-fleet-directions", None, [{"record": r, "expr": e} for r, e in DIRECTIONS]),
             ("flowtel-alerts", None, ALERTS),
         ],
     )
@@ -642,7 +694,7 @@ def main():
     write_tests(
         os.path.join(out, "tests", "fleet.test.yml"),
         ["flowtel-fleet.rules.yml"],
-        fleet_health_record_tests() + localisation_tests() + agent_tests(),
+        fleet_health_record_tests() + localisation_tests() + direction_tests() + agent_tests(),
     )
 
 
