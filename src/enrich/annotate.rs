@@ -77,7 +77,7 @@ impl Annotations {
         };
         self.index = index;
         self.by_key.retain(|key, _| table.get(key).is_some());
-        for pair in table.pairs() {
+        for pair in table.iter() {
             let stale = |a: &Annotation| index_changed || a.cgroup_id != pair.owner.cgroup_id;
             match self.by_key.get_mut(&pair.key) {
                 None => {

@@ -265,6 +265,11 @@ impl FlowTable {
         self.pairs.get(key)
     }
 
+    /// Pairs in no particular order, without sorting or allocating (per-poll bookkeeping).
+    pub fn iter(&self) -> impl Iterator<Item = &FlowPair> {
+        self.pairs.values()
+    }
+
     /// Pairs in key order.
     pub fn pairs(&self) -> Vec<&FlowPair> {
         let mut pairs: Vec<&FlowPair> = self.pairs.values().collect();
