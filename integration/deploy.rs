@@ -527,10 +527,29 @@ resources:
         "podMonitor.enabled=true",
         "prometheusRule.enabled=true",
     ];
+    // every other toggle on: extra env, env sources, volumes and mounts, resource attributes, the
+    // privileged fallback, another update strategy, probe timings
+    let extras = dir.path().join("extras.yaml");
+    std::fs::write(
+        &extras,
+        r#"
+resourceAttributes: {k8s.cluster.name: prod-eu}
+extraEnv: [{name: FLOWTEL_EXPORT__REDACT_KEY, valueFrom: {secretKeyRef: {name: redact, key: key}}}]
+extraEnvFrom: [{configMapRef: {name: flowtel-extra}}]
+extraVolumes: [{name: ca, secret: {secretName: collector-ca}}]
+extraVolumeMounts: [{name: ca, mountPath: /etc/flowtel/ca, readOnly: true}]
+securityContext: {privileged: true, extraCapabilities: [SYS_RESOURCE]}
+updateStrategy: {type: OnDelete}
+priorityClassName: system-node-critical
+probes: {startup: {periodSeconds: 5, failureThreshold: 60}}
+"#,
+    )
+    .expect("extras");
     for (name, extra, toggles) in [
         ("defaults", None, &[][..]),
         ("custom", Some(&values), &[][..]),
         ("fleet", Some(&values), &fleet[..]),
+        ("extras", Some(&extras), &[][..]),
     ] {
         let mut cmd = Command::new("helm");
         cmd.args(["template", "flowtel"])
@@ -566,6 +585,60 @@ resources:
         std::fs::write(&path, builtin.join("---\n")).expect("write rendered chart");
         run_ok(Command::new("kubernetes-validate").arg("--strict").arg(&path));
         check_operator_kinds(&docs, dir.path());
+        let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let env = |k: &str| {
+            container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == k)
+                .cloned()
+        };
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux", "{name}");
+        assert!(container["startupProbe"].is_mapping(), "{name}: a startup probe");
+        assert_eq!(
+            env("FLOWTEL_PROBES__LISTEN").map(|e| e["value"].clone()),
+            Some("$(HOST_IP):9465".into()),
+            "{name}: probes on the node's IP"
+        );
+        if name == "extras" {
+            assert!(env("FLOWTEL_EXPORT__REDACT_KEY").is_some());
+            assert_eq!(container["envFrom"][0]["configMapRef"]["name"], "flowtel-extra");
+            assert!(pod["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .any(|v| v["name"] == "ca"));
+            assert!(container["volumeMounts"]
+                .as_sequence()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["name"] == "ca"));
+            assert_eq!(container["securityContext"]["privileged"], true);
+            assert!(container["securityContext"]["capabilities"]["add"]
+                .as_sequence()
+                .expect("capabilities")
+                .iter()
+                .any(|c| c == "SYS_RESOURCE"));
+            assert_eq!(daemonset["spec"]["updateStrategy"]["type"], "OnDelete");
+            assert_eq!(pod["priorityClassName"], "system-node-critical");
+            assert_eq!(container["startupProbe"]["failureThreshold"], 60);
+            assert_eq!(
+                env("OTEL_RESOURCE_ATTRIBUTES").map(|e| e["value"].clone()),
+                Some("k8s.node.name=$(K8S_NODE_NAME),k8s.cluster.name=prod-eu".into())
+            );
+        } else {
+            assert_eq!(
+                container["securityContext"]["privileged"], false,
+                "{name}: least privilege by default"
+            );
+            assert!(
+                pod["priorityClassName"].is_null(),
+                "{name}: no priority class by default"
+            );
+        }
         // the flowtel.toml the chart renders is a valid flowtel configuration
         let mut config = None;
         for value in docs {
@@ -585,13 +658,40 @@ resources:
         let toml = dir.path().join(format!("{name}.toml"));
         std::fs::write(&toml, &config).expect("write config");
         let checked = run_ok(Command::new(BIN).args(["--config", toml.to_str().expect("utf8"), "check"]));
-        if extra.is_some() {
+        if extra == Some(&values) {
             assert!(
                 checked.contains("2 networks") && checked.contains("2 monitors"),
                 "{checked}"
             );
         }
     }
+}
+
+#[test]
+fn the_chart_readme_is_what_its_generator_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("README.md");
+    let status = Command::new("python3")
+        .arg(repo("docker/helm/flowtel/generate-readme.py"))
+        .arg(&out)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    let generated = std::fs::read_to_string(&out).expect("generated");
+    assert_eq!(
+        std::fs::read_to_string(repo("docker/helm/flowtel/README.md")).expect("chart README"),
+        generated,
+        "the chart README is stale: run python3 docker/helm/flowtel/generate-readme.py"
+    );
+    // every value is documented
+    let undocumented: Vec<&str> = generated
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.ends_with("|  |"))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "values without a description: {undocumented:?}"
+    );
 }
 
 /// A rendered PrometheusRule's spec is a valid Prometheus rule file (promtool), and a rendered

@@ -26,3 +26,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "flowtel.headersSecret" -}}
 {{- default (printf "%s-otlp" (include "flowtel.fullname" .)) .Values.otlp.existingSecret -}}
 {{- end -}}
+
+{{- define "flowtel.resourceAttributes" -}}
+{{- $attrs := list "k8s.node.name=$(K8S_NODE_NAME)" -}}
+{{- range $k, $v := .Values.resourceAttributes -}}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $attrs -}}
+{{- end -}}
