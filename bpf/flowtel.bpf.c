@@ -202,28 +202,29 @@ static __always_inline __u32 hist_bucket_us(__u64 us)
 	return log2_bucket((us << 20) / 1000000);
 }
 
-static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
-{
-	__u32 rtt_us = srtt_us_x8 >> 3;
-
-	if (!srtt_us_x8)
-		return;
-	__sync_fetch_and_add(&s->rtt_count, 1);
-	__sync_fetch_and_add(&s->rtt_sum_us, rtt_us);
-	__sync_fetch_and_add(&s->rtt_hist[hist_bucket_us(rtt_us)], 1);
-}
-
-/* The receiver's RTT estimate (x8, like srtt): what a host that mostly receives sees of the path
- * its data comes over, queueing included. Zero until the socket has received enough data. */
-static __always_inline void add_rcv_rtt(struct flowtel_pair_stats *s, __u32 rtt_us_x8)
+/* One RTT sample, x8 as the kernel keeps srtt and the receiver's estimate, into a count, a sum
+ * and a histogram of the pair. */
+static __always_inline void add_rtt_sample(__u64 *count, __u64 *sum, __u32 *hist, __u32 rtt_us_x8)
 {
 	__u32 rtt_us = rtt_us_x8 >> 3;
 
-	if (!rtt_us)
+	if (!rtt_us_x8)
 		return;
-	__sync_fetch_and_add(&s->rcv_rtt_count, 1);
-	__sync_fetch_and_add(&s->rcv_rtt_sum_us, rtt_us);
-	__sync_fetch_and_add(&s->rcv_rtt_hist[hist_bucket_us(rtt_us)], 1);
+	__sync_fetch_and_add(count, 1);
+	__sync_fetch_and_add(sum, rtt_us);
+	__sync_fetch_and_add(&hist[hist_bucket_us(rtt_us)], 1);
+}
+
+static __always_inline void add_rtt(struct flowtel_pair_stats *s, __u32 srtt_us_x8)
+{
+	add_rtt_sample(&s->rtt_count, &s->rtt_sum_us, s->rtt_hist, srtt_us_x8);
+}
+
+/* The receiver's RTT estimate: what a host that mostly receives sees of the path its data comes
+ * over, queueing included. Zero until the socket has received enough data. */
+static __always_inline void add_rcv_rtt(struct flowtel_pair_stats *s, __u32 rtt_us_x8)
+{
+	add_rtt_sample(&s->rcv_rtt_count, &s->rcv_rtt_sum_us, s->rcv_rtt_hist, rtt_us_x8);
 }
 
 /* The cheap default: srtt at close and per walk. With per-ACK samples on, those are the only

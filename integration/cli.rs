@@ -145,17 +145,23 @@ fn nonexistent_cgroup_path_is_a_one_line_error() {
     assert_one_line_error(&out, "cgroup_path");
 }
 
-#[test]
-fn snapshot_json_reports_a_connection_made_while_it_ran() {
+/// `flowtel snapshot --seconds N --json`, once its window has opened.
+fn start_snapshot(seconds: &str) -> std::process::Child {
     let mut child = Command::new(BIN)
-        .args(["snapshot", "--seconds", "2", "--json"])
+        .args(["snapshot", "--seconds", seconds, "--json"])
         .env_remove("FLOWTEL_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("flowtel snapshot starts");
     // the window opens at the first poll after attaching
-    let _stderr = wait_logged(&mut child, "snapshot window opened");
+    drop(wait_logged(&mut child, "snapshot window opened"));
+    child
+}
+
+#[test]
+fn snapshot_json_reports_a_connection_made_while_it_ran() {
+    let child = start_snapshot("2");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::scope(|s| {
@@ -237,14 +243,7 @@ fn snapshot_counts_a_long_lived_stream_exactly_within_its_window() {
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     send_and_settle(&mut client, &received, 300_000); // before the snapshot
 
-    let mut child = Command::new(BIN)
-        .args(["snapshot", "--seconds", "5", "--json"])
-        .env_remove("FLOWTEL_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowtel snapshot starts");
-    let _stderr = wait_logged(&mut child, "snapshot window opened");
+    let child = start_snapshot("5");
     let window = Instant::now();
     for chunk in [250_000, 1_000_000, 123_457] {
         send_and_settle(&mut client, &received, chunk);

@@ -166,16 +166,7 @@ remote = [{{ subnet = "db" }}]
         ),
     )
     .expect("prometheus config");
-    let _prometheus = Reaped(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", prometheus_config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is installed (apt-get install prometheus)"),
-    );
+    let _prometheus = start_prometheus(&prometheus_config, dir.path(), web_port);
     let mut agent = Reaped(
         Command::new(BIN)
             .args(["--config", config.to_str().expect("utf8"), "run"])

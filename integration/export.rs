@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 
 use support::agent::{lines, parse, start_agent, start_agent_with, start_rotel, stop, Point};
-use support::{free_port, http_get, runtime, Reaped};
+use support::{free_port, http_get, runtime, start_prometheus};
 
 fn exchange_known_bytes() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -372,16 +372,7 @@ fn prometheus_scrapes_the_measured_bytes() {
         ),
     )
     .expect("prometheus config");
-    let _prometheus = Reaped(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is installed (apt-get install prometheus)"),
-    );
+    let _prometheus = start_prometheus(&config, dir.path(), web_port);
     let (_agent, _log) = start_agent(&[
         ("FLOWTEL_EXPORT__PROMETHEUS__ENABLED", "true".to_string()),
         (

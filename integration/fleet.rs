@@ -381,26 +381,8 @@ impl Fleet {
         let rule = format!(
             "iifname \"{ifname}\" ip protocol tcp ip length > 200 numgen random mod 100 < {percent} counter drop"
         );
-        nft_chain_rule(router, "forward", &rule);
+        nft_rule(router, "forward", "forward", &rule);
     }
-}
-
-/// Adds `rule` to a `hook` chain of table `inet flowtel_test` in `ns`, creating both.
-fn nft_chain_rule(ns: &str, hook: &str, rule: &str) {
-    run_in(ns, "nft", &["add", "table", "inet", "flowtel_test"]);
-    run_in(
-        ns,
-        "nft",
-        &[
-            "add",
-            "chain",
-            "inet",
-            "flowtel_test",
-            hook,
-            &format!("{{ type filter hook {hook} priority 0; policy accept; }}"),
-        ],
-    );
-    run_in(ns, "nft", &[&format!("add rule inet flowtel_test {hook} {rule}")]);
 }
 
 fn nft_clear(ns: &str) {
@@ -503,16 +485,9 @@ fn a_simulated_fleet_localises_each_fault() {
         ),
     )
     .expect("prometheus config");
-    fleet.processes.push(Reaped(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", prometheus_config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is installed (apt-get install prometheus)"),
-    ));
+    fleet
+        .processes
+        .push(start_prometheus(&prometheus_config, dir.path(), web_port));
 
     // every agent judges every peer before any fault
     let judged = |_: &BTreeSet<(String, String, String)>| {
@@ -593,8 +568,9 @@ fn a_simulated_fleet_localises_each_fault() {
 
     // 3. one server: h4 drops 10% of the requests it receives
     let h4 = fleet.hosts.iter().find(|h| h.name == "h4").expect("h4");
-    nft_chain_rule(
+    nft_rule(
         &h4.ns,
+        "input",
         "input",
         &format!("tcp dport {SERVICE_PORT} ip length > 200 numgen random mod 100 < 10 counter drop"),
     );

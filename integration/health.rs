@@ -74,6 +74,29 @@ fn loss_rule(spoke: &Spoke, percent: u32) {
     );
 }
 
+/// Queueing delay on the spoke's way to the hub: a 1 Mbit/s tbf with `burst` and a `limit`-byte
+/// queue on the spoke's end of its veth.
+fn queue(spoke: &Spoke, burst: &str, limit: &str) {
+    run_in(
+        &spoke.ns,
+        "tc",
+        &[
+            "qdisc",
+            "add",
+            "dev",
+            &spoke.spoke_if,
+            "root",
+            "tbf",
+            "rate",
+            "1mbit",
+            "burst",
+            burst,
+            "limit",
+            limit,
+        ],
+    );
+}
+
 /// Evaluates until both peers are healthy, at most `n` times.
 fn warm_up(obs: &mut Observer<'_>, n: usize) {
     let (a, b) = (&obs.hub.spokes[0], &obs.hub.spokes[1]);
@@ -189,24 +212,7 @@ fn queueing_delay_to_one_peer_degrades_with_reason_rtt() {
     warm_up(&mut obs, 8);
     let a = &hub.spokes[0];
     // 1 Mbit/s with a 30 KB queue on A's side: up to 240 ms behind the responses
-    run_in(
-        &a.ns,
-        "tc",
-        &[
-            "qdisc",
-            "add",
-            "dev",
-            &a.spoke_if,
-            "root",
-            "tbf",
-            "rate",
-            "1mbit",
-            "burst",
-            "4kb",
-            "limit",
-            "30000",
-        ],
-    );
+    queue(a, "4kb", "30000");
     let (n, f) = evaluations_until(&mut obs, 3, |f| peer_health(f, a).status == Status::Degraded);
     let ha = peer_health(&f, a);
     eprintln!("tbf delay to A: degraded after {n} evaluation(s): {ha:?}");
@@ -408,24 +414,7 @@ fn queueing_delay_towards_a_receiving_host_degrades_its_group_with_reason_rtt() 
     warm_up(&mut obs, 8);
     let (a, b) = (&hub.spokes[0], &hub.spokes[1]);
     // 1 Mbit/s with a 60 KB queue on A's egress: A's answers to the hub wait up to 480 ms
-    run_in(
-        &a.ns,
-        "tc",
-        &[
-            "qdisc",
-            "add",
-            "dev",
-            &a.spoke_if,
-            "root",
-            "tbf",
-            "rate",
-            "1mbit",
-            "burst",
-            "8kb",
-            "limit",
-            "60000",
-        ],
-    );
+    queue(a, "8kb", "60000");
     let (n, f) = evaluations_until(&mut obs, 3, |f| peer_health(f, a).status == Status::Degraded);
     let ha = peer_health(&f, a);
     let e = &ha.evidence;

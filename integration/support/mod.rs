@@ -228,20 +228,7 @@ impl VethPair {
 
     /// Adds an nftables input-hook rule inside `ns` (table `inet flowtel_test`, chain `in`).
     pub fn nft_input_rule(ns: &str, rule: &str) {
-        run_in(ns, "nft", &["add", "table", "inet", "flowtel_test"]);
-        run_in(
-            ns,
-            "nft",
-            &[
-                "add",
-                "chain",
-                "inet",
-                "flowtel_test",
-                "in",
-                "{ type filter hook input priority 0; policy accept; }",
-            ],
-        );
-        run_in(ns, "nft", &[&format!("add rule inet flowtel_test in {rule}")]);
+        nft_rule(ns, "in", "input", rule);
     }
 
     pub fn nft_flush(ns: &str) {
@@ -441,6 +428,39 @@ impl Drop for Traffic {
             let _ = t.join();
         }
     }
+}
+
+/// Adds `rule` to chain `chain` on `hook` of table `inet flowtel_test` in `ns`, creating both;
+/// deleting the table (or the namespace) removes them.
+pub fn nft_rule(ns: &str, chain: &str, hook: &str, rule: &str) {
+    run_in(ns, "nft", &["add", "table", "inet", "flowtel_test"]);
+    run_in(
+        ns,
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "flowtel_test",
+            chain,
+            &format!("{{ type filter hook {hook} priority 0; policy accept; }}"),
+        ],
+    );
+    run_in(ns, "nft", &[&format!("add rule inet flowtel_test {chain} {rule}")]);
+}
+
+/// Debian's Prometheus with `config`, its data under `dir`, its API on 127.0.0.1:`web_port`.
+pub fn start_prometheus(config: &std::path::Path, dir: &std::path::Path, web_port: u16) -> Reaped {
+    Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (apt-get install prometheus)"),
+    )
 }
 
 /// A child process killed and reaped when the test ends, pass or fail.
