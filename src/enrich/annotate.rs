@@ -62,7 +62,8 @@ impl Annotations {
     /// Annotates new pairs, re-annotates the Kubernetes names of all of them when the API
     /// server's index changed, and forgets pairs the table no longer holds.
     pub fn refresh(&mut self, table: &FlowTable, enricher: &Enricher, now: Instant) {
-        if self.monitors.len() != enricher.monitors().len() {
+        let names = enricher.monitors().iter().map(|m| &m.name);
+        if !self.monitors.iter().eq(names) {
             self.monitors = enricher.monitors().iter().map(|m| Arc::clone(&m.name)).collect();
         }
         let kubernetes = enricher.kubernetes();

@@ -47,14 +47,13 @@ fn key_value(key: &str, value: &AttrValue<'_>) -> KeyValue {
 }
 
 /// Shared by every point of one request: the series' attributes, converted once.
-struct Context<'s> {
+struct Context {
     attributes: Vec<Vec<KeyValue>>,
     time: u64,
     histograms: HistogramFormat,
-    set: &'s MetricSet<'s>,
 }
 
-impl Context<'_> {
+impl Context {
     fn attributes(&self, point: &Point<'_>) -> Vec<KeyValue> {
         let mut attrs = self.attributes[point.attributes].clone();
         attrs.extend(point.extra.iter().map(|(k, v)| key_value(k, v)));
@@ -159,7 +158,6 @@ pub fn encode(set: &MetricSet<'_>, resource: &Resource, histograms: HistogramFor
             .collect(),
         time: unix_nanos(set.time),
         histograms,
-        set,
     };
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -170,7 +168,7 @@ pub fn encode(set: &MetricSet<'_>, resource: &Resource, histograms: HistogramFor
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     ..Default::default()
                 }),
-                metrics: context.set.families.iter().map(|f| context.metric(f)).collect(),
+                metrics: set.families.iter().map(|f| context.metric(f)).collect(),
                 schema_url: String::new(),
             }],
             schema_url: String::new(),
