@@ -29,6 +29,8 @@
 #define ENETUNREACH 101
 
 #define SOL_TCP 6
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 
 /* Callback flags every socket we track gets. RTO and RETRANS fire only on loss events: they
  * give the exact phase of each retransmit without per-socket memory. They also mark the socket
@@ -53,7 +55,9 @@ const volatile bool flowtel_per_ack_rtt = false;
  * scoped by its attach point). */
 const volatile __u64 flowtel_cgroup_id = 0;
 const volatile __u32 flowtel_cgroup_level = 0;
-/* NAT reversal on: client keys to destinations in nat_destinations keep the client port. */
+/* NAT reversal on: the cgroup_skb egress program records a DNATed client's real peer from its
+ * SYN, and every client key names that peer (and the original address); connections that
+ * predate the agent to destinations in nat_destinations keep their client port instead. */
 const volatile bool flowtel_nat = false;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -108,7 +112,7 @@ struct {
 } listeners SEC(".maps");
 
 /* Destinations that may be DNATed (Kubernetes ClusterIPs, configured CIDRs), filled by user
- * space. Only read when flowtel_nat is set. */
+ * space. Read by the walk, only when flowtel_nat is set, for connections it meets first. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, FLOWTEL_NAT_DESTINATION_ENTRIES);
@@ -117,6 +121,19 @@ struct {
 	__type(value, __u8);
 } nat_destinations SEC(".maps");
 
+/* The real peer of each live DNATed client connection, by socket cookie: written by the SYN's
+ * egress program, read by every later key of the socket, deleted when it is destroyed. Only
+ * DNATed connections (and ones that predate the agent to NAT destinations) have an entry.
+ * Preallocated: an entry is made per connection, and a non-preallocated map's allocation costs
+ * more than the rest of the connection's BPF time (README, "Performance"). Sized at load (1 when
+ * NAT reversal is off). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FLOWTEL_NAT_PEER_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct flowtel_nat_peer);
+} nat_peers SEC(".maps");
+
 /* Source of zeroes for new pair entries: the value is too large for the BPF stack. */
 const struct flowtel_pair_stats flowtel_zero_stats = {};
 
@@ -124,6 +141,7 @@ const struct flowtel_pair_stats flowtel_zero_stats = {};
 struct flowtel_sock_reported flowtel_type_sock_reported = {};
 struct flowtel_listener_key flowtel_type_listener_key = {};
 struct flowtel_nat_prefix flowtel_type_nat_prefix = {};
+struct flowtel_nat_peer flowtel_type_nat_peer = {};
 enum flowtel_counter flowtel_type_counter = FLOWTEL_COUNTERS;
 enum flowtel_failure flowtel_type_failure = FLOWTEL_FAILURES;
 enum flowtel_phase flowtel_type_phase = FLOWTEL_PHASES;
@@ -255,10 +273,11 @@ static __noinline bool nat_destination(const struct flowtel_pair_key *key)
 	return bpf_map_lookup_elem(&nat_destinations, &p) != NULL;
 }
 
-/* Fills a zeroed key. Addresses arrive as four network-order words each. */
+/* Fills a zeroed key. Addresses arrive as four network-order words each. `nat` is what NAT
+ * reversal knows of the socket, if anything. */
 static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family, const __u32 l6[4],
 				      const __u32 r6[4], __u32 l4, __u32 r4, __u16 lport,
-				      __u16 rport, __u8 role)
+				      __u16 rport, __u8 role, const struct flowtel_nat_peer *nat)
 {
 	if (family == AF_INET6 && !(is_v4_mapped(l6) && is_v4_mapped(r6))) {
 		key->family = 6;
@@ -275,14 +294,33 @@ static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family
 	}
 	key->role = role;
 	key->service_port = role == FLOWTEL_ROLE_CLIENT ? rport : lport;
-	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT && nat_destination(key))
+	if (!nat || role != FLOWTEL_ROLE_CLIENT)
+		return;
+	if (nat->port) {
+		/* DNATed: the peer is the backend its SYN went to; the address asked for is kept */
+		__builtin_memcpy(key->original_addr, key->remote_addr, 16);
+		key->original_port = key->service_port;
+		__builtin_memcpy(key->remote_addr, nat->addr, 16);
+		key->service_port = nat->port;
+	} else if (nat->lookup) {
 		key->client_port = lport;
+	}
+}
+
+/* What NAT reversal knows of a client socket, by its cookie; NULL when it is off, for servers,
+ * and for the sockets it knows nothing of (nearly all of them). */
+static __always_inline struct flowtel_nat_peer *nat_peer(__u64 cookie, __u8 role)
+{
+	if (!flowtel_nat || role != FLOWTEL_ROLE_CLIENT)
+		return NULL;
+	return bpf_map_lookup_elem(&nat_peers, &cookie);
 }
 
 static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,
 					      __u8 role)
 {
 	__u32 l6[4], r6[4], family, l4, r4, lport, rport;
+	struct flowtel_nat_peer *nat = NULL;
 
 	/* One constant-offset ctx load per field, pinned, before any branch: clang would otherwise
 	 * merge the v4/v6 loads into a computed ctx pointer, which the verifier rejects. */
@@ -304,8 +342,10 @@ static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowte
 	barrier_var(r4);
 	barrier_var(lport);
 	barrier_var(rport);
+	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT)
+		nat = nat_peer(bpf_get_socket_cookie(ctx), role);
 	/* local_port is host order; remote_port is network order in the upper half */
-	build_key(key, family, l6, r6, l4, r4, (__u16)lport, (__u16)bpf_ntohl(rport), role);
+	build_key(key, family, l6, r6, l4, r4, (__u16)lport, (__u16)bpf_ntohl(rport), role, nat);
 }
 
 static __always_inline __u8 role_of_flags(__u32 cb_flags)
@@ -401,36 +441,13 @@ static __always_inline void track(struct bpf_sock_ops *ctx, __u32 extra)
 	bpf_sock_ops_cb_flags_set(ctx, flags);
 }
 
-static __always_inline void on_connect(struct bpf_sock_ops *ctx)
+/* The calling process as the pair's owner. Only valid in the process that connects: connect()
+ * (and the first SYN, which it sends) is the one moment the owner is known for free. */
+static __always_inline void note_owner(struct flowtel_pair_stats *s, struct tcp_sock *tp)
 {
 	struct task_struct *task;
-	struct flowtel_pair_key key = {};
-	struct flowtel_pair_stats *s;
-	struct bpf_sock *bsk = ctx->sk;
-	struct tcp_sock *tp;
 	__u32 pid;
 
-	track(ctx, FLOWTEL_CB_CLIENT_MARK | FLOWTEL_CB_HANDSHAKE);
-	/* a socket connecting again after tcp_disconnect(), which zeroed its counters: its next
-	 * close counts again, from zero */
-	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
-	if (tp) {
-		struct flowtel_sock_reported *rep = bpf_sk_storage_get(&sock_reported, tp, 0, 0);
-
-		if (rep) {
-			rep->folded = 0;
-			rep->bytes_sent = 0;
-			rep->bytes_received = 0;
-			rep->segs_sent = 0;
-			rep->segs_received = 0;
-		}
-	}
-	/* connect() runs in the calling process: the one moment the owner is known for free.
-	 * The tuple is complete here (route and source port are chosen before this callback). */
-	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
-	s = pair_stats(&key);
-	if (!s)
-		return;
 	/* the owner rarely changes between connections of a pair: read it only when it does */
 	pid = bpf_get_current_pid_tgid() >> 32;
 	if (s->pid == pid && s->cgroup_id)
@@ -441,6 +458,44 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->group_leader->comm);
 	if (tp)
 		s->cgroup_id = sock_cgroup_id((struct sock *)tp);
+}
+
+static __always_inline void on_connect(struct bpf_sock_ops *ctx)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_pair_stats *s;
+	struct bpf_sock *bsk = ctx->sk;
+	struct tcp_sock *tp;
+
+	track(ctx, FLOWTEL_CB_CLIENT_MARK | FLOWTEL_CB_HANDSHAKE);
+	/* a socket connecting again after tcp_disconnect(), which zeroed its counters: its next
+	 * close counts again, from zero, and its peer is the new one */
+	tp = bsk ? bpf_skc_to_tcp_sock(bsk) : NULL;
+	if (tp) {
+		struct flowtel_sock_reported *rep = bpf_sk_storage_get(&sock_reported, tp, 0, 0);
+
+		if (rep) {
+			rep->folded = 0;
+			rep->bytes_sent = 0;
+			rep->bytes_received = 0;
+			rep->segs_sent = 0;
+			rep->segs_received = 0;
+			if (flowtel_nat) {
+				__u64 cookie = bpf_get_socket_cookie(ctx);
+
+				bpf_map_delete_elem(&nat_peers, &cookie);
+			}
+		}
+	}
+	/* With NAT reversal on, the peer is not known yet: the SYN's egress program names the
+	 * owner, once its real destination is known. */
+	if (flowtel_nat)
+		return;
+	/* The tuple is complete here (route and source port are chosen before this callback). */
+	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
+	s = pair_stats(&key);
+	if (s)
+		note_owner(s, tp);
 }
 
 /* Connect duration without per-socket memory: with no SYN retransmit, the first RTT sample
@@ -608,8 +663,10 @@ static __always_inline __u32 failure_of(int sk_err)
 }
 
 /* The pair key of a full socket through BTF. The local port comes from inet_sport: by the
- * time a socket is destroyed, inet_put_port() has zeroed skc_num. */
-static __noinline void key_from_sock(struct sock *sk, struct flowtel_pair_key *key, __u8 role)
+ * time a socket is destroyed, inet_put_port() has zeroed skc_num. `nat` is what NAT reversal
+ * knows of it (nat_peer), if anything. */
+static __noinline void key_from_sock(struct sock *sk, struct flowtel_pair_key *key, __u8 role,
+				     const struct flowtel_nat_peer *nat)
 {
 	struct inet_sock *inet = (struct inet_sock *)sk;
 	__u32 l6[4] = {}, r6[4] = {};
@@ -627,7 +684,7 @@ static __noinline void key_from_sock(struct sock *sk, struct flowtel_pair_key *k
 		r6[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
 	}
 	build_key(key, family, l6, r6, sk->__sk_common.skc_rcv_saddr, sk->__sk_common.skc_daddr,
-		  bpf_ntohs(inet->inet_sport), bpf_ntohs(sk->__sk_common.skc_dport), role);
+		  bpf_ntohs(inet->inet_sport), bpf_ntohs(sk->__sk_common.skc_dport), role, nat);
 }
 
 /* Whether the socket belongs to the watched cgroup (always, at the hierarchy's root). The
@@ -648,8 +705,9 @@ static __always_inline bool in_target_cgroup(struct sock *sk)
 }
 
 /* A tracked socket's final counters into its pair, minus what walks reported, and its outcome.
- * `reset` says the caller saw a reset; otherwise an error on the socket means one. */
-static __always_inline void close_fold(struct tcp_sock *tp, bool reset)
+ * `reset` says the caller saw a reset; otherwise an error on the socket means one. `nat` is
+ * what NAT reversal knows of it. */
+static __always_inline void close_fold(struct tcp_sock *tp, bool reset, const struct flowtel_nat_peer *nat)
 {
 	struct sock *sk = (struct sock *)tp;
 	struct flowtel_pair_key key = {};
@@ -663,7 +721,7 @@ static __always_inline void close_fold(struct tcp_sock *tp, bool reset)
 
 	if ((cb_flags & FLOWTEL_CB_TRACKED) != FLOWTEL_CB_TRACKED)
 		return; /* not ours: outside the cgroup, or opened before the agent and never walked */
-	key_from_sock(sk, &key, role);
+	key_from_sock(sk, &key, role, nat);
 	s = pair_stats(&key);
 	if (!s)
 		return;
@@ -750,6 +808,95 @@ int flowtel_sockops(struct bpf_sock_ops *ctx)
 	return 1;
 }
 
+/* A client's SYN on its way out, after the netfilter output and postrouting hooks: its header
+ * names where DNAT sent it, while the socket still names the address the client asked for.
+ * Where they differ, the real peer is stored with the socket, where every later key finds it.
+ * The first SYN leaves from connect(), so the owner is noted here, under the final key. */
+static __noinline int on_syn_egress(struct __sk_buff *skb)
+{
+	struct flowtel_pair_key key = {};
+	struct flowtel_nat_peer peer = {};
+	struct flowtel_pair_stats *s;
+	struct bpf_sock *bsk = skb->sk;
+	struct tcp_sock *tp;
+	__u32 real[4] = {};
+	__be16 real_port = 0;
+	bool dnat = false;
+
+	if (!bsk)
+		return 1;
+	bsk = bpf_sk_fullsock(bsk);
+	if (!bsk || bsk->protocol != IPPROTO_TCP)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		/* one load: the IPv4 header and, without options, the TCP ports */
+		__u8 h[24];
+
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+			return 1;
+		__builtin_memcpy(&real[0], &h[16], 4);
+		if ((h[0] & 0xf) == 5)
+			__builtin_memcpy(&real_port, &h[22], 2);
+		else if (bpf_skb_load_bytes(skb, (h[0] & 0xf) * 4 + 2, &real_port, 2))
+			return 1;
+		dnat = real[0] != bsk->dst_ip4 || real_port != bsk->dst_port;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 h[44];
+
+		/* a SYN with IPv6 extension headers is not looked into */
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[6] != IPPROTO_TCP)
+			return 1;
+		__builtin_memcpy(real, &h[24], 16);
+		__builtin_memcpy(&real_port, &h[42], 2);
+		dnat = real[0] != bsk->dst_ip6[0] || real[1] != bsk->dst_ip6[1] ||
+		       real[2] != bsk->dst_ip6[2] || real[3] != bsk->dst_ip6[3] ||
+		       real_port != bsk->dst_port;
+		/* an IPv4 peer of a dual-stack socket travels as IPv4: the key's layout */
+		if (is_v4_mapped(real)) {
+			real[0] = real[3];
+			real[1] = real[2] = real[3] = 0;
+		}
+	} else {
+		return 1;
+	}
+	if (dnat) {
+		__u64 cookie = bpf_get_socket_cookie(skb);
+
+		__builtin_memcpy(peer.addr, real, 16);
+		peer.port = bpf_ntohs(real_port);
+		/* a retransmitted SYN finds its entry already there */
+		if (bpf_map_update_elem(&nat_peers, &cookie, &peer, BPF_NOEXIST) == 0)
+			count(FLOWTEL_CTR_NAT_REVERSED);
+		else if (!bpf_map_lookup_elem(&nat_peers, &cookie)) {
+			count(FLOWTEL_CTR_NAT_UNSTORED);
+			peer.port = 0;
+		}
+	}
+	/* a retransmitted SYN leaves from a timer, in no process of the connection's */
+	if (tp->total_retrans)
+		return 1;
+	key_from_sock((struct sock *)tp, &key, FLOWTEL_ROLE_CLIENT, peer.port ? &peer : NULL);
+	s = pair_stats(&key);
+	if (s)
+		note_owner(s, tp);
+	return 1;
+}
+
+/* Attached only while NAT reversal is on. It runs for every packet the cgroup sends, so all but
+ * a connecting client's (its SYN) return at the first test. */
+SEC("cgroup_skb/egress")
+int flowtel_nat_syn(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk || sk->state != BPF_TCP_SYN_SENT)
+		return 1;
+	return on_syn_egress(skb);
+}
+
 /* Once per socket, when it is destroyed: the close fold, for every tracked socket. One
  * tracepoint call per socket instead of a STATE_CB call per state change. */
 SEC("tp_btf/tcp_destroy_sock")
@@ -757,8 +904,18 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
-	if (tp && in_target_cgroup((struct sock *)tp))
-		close_fold(tp, false);
+	struct flowtel_nat_peer *nat = NULL;
+	__u64 cookie = 0;
+
+	if (!tp || !in_target_cgroup((struct sock *)tp))
+		return 0;
+	if (flowtel_nat) {
+		cookie = bpf_get_socket_cookie(sk);
+		nat = nat_peer(cookie, role_of_flags(tp->bpf_sock_ops_cb_flags));
+	}
+	close_fold(tp, false, nat);
+	if (nat)
+		bpf_map_delete_elem(&nat_peers, &cookie);
 	return 0;
 }
 
@@ -781,7 +938,8 @@ static __always_inline void reset_fold(struct tcp_sock *tp)
 	if (rep->folded)
 		return;
 	/* the fold records the counters as reported: only later growth counts at destruction */
-	close_fold(tp, true);
+	close_fold(tp, true, flowtel_nat ? nat_peer(bpf_get_socket_cookie(tp),
+						    role_of_flags(tp->bpf_sock_ops_cb_flags)) : NULL);
 	rep->folded = 1;
 }
 
@@ -868,16 +1026,36 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 		role = bpf_map_lookup_elem(&listeners, &lk) ? FLOWTEL_ROLE_SERVER : FLOWTEL_ROLE_CLIENT;
 	}
 
-	BPF_CORE_READ_INTO(&l6, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
-	BPF_CORE_READ_INTO(&r6, skc, skc_v6_daddr.in6_u.u6_addr32);
-	build_key(&key, skc->skc_family, l6, r6, skc->skc_rcv_saddr, skc->skc_daddr, skc->skc_num,
-		  bpf_ntohs(skc->skc_dport), role);
-
 	rep = bpf_sk_storage_get(&sock_reported, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!rep) {
 		/* nothing reported for it yet, so its close folds it whole: exact, only later */
 		count(FLOWTEL_CTR_SOCK_STORAGE_FAILED);
 		return 0;
+	}
+	BPF_CORE_READ_INTO(&l6, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
+	BPF_CORE_READ_INTO(&r6, skc, skc_v6_daddr.in6_u.u6_addr32);
+	build_key(&key, skc->skc_family, l6, r6, skc->skc_rcv_saddr, skc->skc_daddr, skc->skc_num,
+		  bpf_ntohs(skc->skc_dport), role, NULL);
+	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT) {
+		__u64 cookie = bpf_get_socket_cookie(sk);
+		struct flowtel_nat_peer *nat = nat_peer(cookie, role);
+
+		/* First met with no SYN seen (it predates the agent, or this agent's programs): if
+		 * it may be DNATed, user space looks it up in conntrack, by its client port. */
+		if (!nat && !rep->established_counted && nat_destination(&key)) {
+			struct flowtel_nat_peer lookup = { .lookup = 1 };
+
+			if (bpf_map_update_elem(&nat_peers, &cookie, &lookup, BPF_NOEXIST) == 0)
+				count(FLOWTEL_CTR_NAT_PREEXISTING);
+			else
+				count(FLOWTEL_CTR_NAT_UNSTORED);
+			nat = bpf_map_lookup_elem(&nat_peers, &cookie);
+		}
+		if (nat) {
+			__builtin_memset(&key, 0, sizeof(key));
+			build_key(&key, skc->skc_family, l6, r6, skc->skc_rcv_saddr, skc->skc_daddr,
+				  skc->skc_num, bpf_ntohs(skc->skc_dport), role, nat);
+		}
 	}
 	count(FLOWTEL_CTR_WALK_SOCKETS);
 	s = pair_stats(&key);

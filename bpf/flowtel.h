@@ -20,6 +20,8 @@ enum flowtel_limit {
 	FLOWTEL_LISTENER_MAP_ENTRIES = 4096,
 	/* NAT-destination prefixes (ClusterIPs, configured CIDRs). */
 	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
+	/* Live DNATed client connections remembered by default (nat.peer_map_capacity). */
+	FLOWTEL_NAT_PEER_ENTRIES = 65536,
 };
 
 enum flowtel_role {
@@ -54,24 +56,36 @@ enum flowtel_counter {
 	FLOWTEL_CTR_WALK_SOCKETS = 3,
 	/* a close callback could not resolve the tcp_sock (never expected) */
 	FLOWTEL_CTR_NO_TCP_SOCK = 4,
-	FLOWTEL_COUNTERS = 5,
+	/* client connections whose SYN showed DNAT: keyed by the real peer, in the kernel */
+	FLOWTEL_CTR_NAT_REVERSED = 5,
+	/* a DNATed SYN whose real peer could not be stored (nat_peers full): the connection stays
+	 * under the address it connected to */
+	FLOWTEL_CTR_NAT_UNSTORED = 6,
+	/* connections that predate the agent, to a destination that may be DNATed: keyed with their
+	 * client port for user space's conntrack lookup */
+	FLOWTEL_CTR_NAT_PREEXISTING = 7,
+	FLOWTEL_COUNTERS = 8,
 };
 
 /* A flow pair: connections collapsed by dropping the client's ephemeral port. */
 struct flowtel_pair_key {
 	__u8 local_addr[16];  /* IPv4 in the first 4 bytes, network order */
-	__u8 remote_addr[16];
-	__u16 service_port;   /* host order: the server's port */
+	__u8 remote_addr[16]; /* the real peer: after DNAT, the backend */
+	/* zero, unless DNAT sent the connection elsewhere: the address the client connected to */
+	__u8 original_addr[16];
+	__u16 service_port;   /* host order: the server's port (the backend's, after DNAT) */
+	__u16 original_port;  /* host order; with original_addr */
 	__u8 family;          /* 4 or 6; v4-mapped IPv6 is folded to 4 */
 	__u8 role;            /* enum flowtel_role */
-	/* 0, except for a client connecting to a destination that may be DNATed: its own port,
-	 * so that user space can find the connection in conntrack and key it by the real peer */
+	/* 0, except for a connection the kernel did not see open (it predates the agent) to a
+	 * destination that may be DNATed: its own port, so that user space can find it in
+	 * conntrack and key it by the real peer */
 	__u16 client_port;
-	__u16 pad;
 };
 
-/* A destination prefix whose connections user space reverses through conntrack. IPv4 is
- * stored v4-mapped (::ffff:a.b.c.d, prefix length + 96). */
+/* A destination prefix that may be DNATed: a connection to it that predates the agent is
+ * reversed by user space through conntrack. IPv4 is stored v4-mapped (::ffff:a.b.c.d, prefix
+ * length + 96). */
 struct flowtel_nat_prefix {
 	__u32 prefixlen;
 	__u8 addr[16];
@@ -123,6 +137,16 @@ struct flowtel_sock_reported {
 	/* 1 once a reset folded the connection (its outcome counted) before tcp_disconnect()
 	 * zeroed the counters; cleared when the socket connects again */
 	__u32 folded;
+};
+
+/* What NAT reversal knows of one live client connection (nat_peers, by socket cookie). */
+struct flowtel_nat_peer {
+	/* the real peer, as the SYN left after DNAT (key layout: IPv4 in the first 4 bytes) */
+	__u8 addr[16];
+	__u16 port;   /* host order; 0 when the peer is not known */
+	/* 1: a connection that predates the agent to a possible DNAT destination, keyed with its
+	 * client port for user space's conntrack lookup */
+	__u16 lookup;
 };
 
 struct flowtel_listener_key {

@@ -21,54 +21,117 @@ use support::{free_port, run, runtime, serial, wait_for, VethPair};
 
 const SERVICE_IP: &str = "10.207.0.10";
 const BACKEND_IP: &str = "10.77.0.2";
-const ROOT_SIDE_IP: &str = "10.77.0.1";
 const BACKEND_PORT: u16 = 8080;
+
+/// One address family's plan for a DNAT lab: a service address, a backend behind a veth, and
+/// the root side of that veth.
+#[derive(Clone, Copy)]
+struct Plan {
+    service: &'static str,
+    backend: &'static str,
+    root_side: &'static str,
+    prefix: u8,
+    /// nftables family
+    nft: &'static str,
+    /// nftables address match
+    daddr: &'static str,
+}
+
+const V4: Plan = Plan {
+    service: SERVICE_IP,
+    backend: BACKEND_IP,
+    root_side: "10.77.0.1",
+    prefix: 24,
+    nft: "ip",
+    daddr: "ip daddr",
+};
+
+const V6: Plan = Plan {
+    service: "fd00:207::10",
+    backend: "fd00:77::2",
+    root_side: "fd00:77::1",
+    prefix: 64,
+    nft: "ip6",
+    daddr: "ip6 daddr",
+};
+
+impl Plan {
+    fn service_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.service.parse().expect("service address"), 80)
+    }
+
+    /// nftables writes an IPv6 address with a port in brackets.
+    fn backend_target(&self) -> String {
+        if self.nft == "ip6" {
+            format!("[{}]:{BACKEND_PORT}", self.backend)
+        } else {
+            format!("{}:{BACKEND_PORT}", self.backend)
+        }
+    }
+}
 
 /// A backend namespace behind a veth from the root namespace, a route to the service address
 /// through it, and a DNAT rule in the root namespace's output hook (where kube-proxy puts it for
-/// host processes): SERVICE_IP:80 -> BACKEND_IP:8080. All removed on drop.
+/// host processes): service:80 -> backend:8080. All removed on drop.
 struct DnatLab {
+    plan: Plan,
     ns: String,
     root_if: String,
     table: String,
 }
 
 impl DnatLab {
-    fn new() -> Self {
+    fn new(plan: Plan) -> Self {
         let id = std::process::id();
         let lab = Self {
+            plan,
             ns: format!("flowtel-k8s-{id}"),
             root_if: format!("fk{id}a"),
             table: format!("flowtel_dnat_{id}"),
         };
         let peer_if = format!("fk{id}b");
+        // addresses usable at once: no duplicate address detection on a link of two ends
+        let nodad: &[&str] = if plan.nft == "ip6" { &["nodad"] } else { &[] };
         run("ip", &["netns", "add", &lab.ns]);
         run(
             "ip",
             &["link", "add", &lab.root_if, "type", "veth", "peer", "name", &peer_if],
         );
         run("ip", &["link", "set", &peer_if, "netns", &lab.ns]);
+        let root_addr = format!("{}/{}", plan.root_side, plan.prefix);
         run(
             "ip",
-            &["addr", "add", &format!("{ROOT_SIDE_IP}/24"), "dev", &lab.root_if],
+            &[&["addr", "add", &root_addr, "dev", &lab.root_if], nodad].concat(),
         );
         run("ip", &["link", "set", &lab.root_if, "up"]);
         support::run_in(&lab.ns, "ip", &["link", "set", "lo", "up"]);
+        let backend_addr = format!("{}/{}", plan.backend, plan.prefix);
         support::run_in(
             &lab.ns,
             "ip",
-            &["addr", "add", &format!("{BACKEND_IP}/24"), "dev", &peer_if],
+            &[&["addr", "add", &backend_addr, "dev", &peer_if], nodad].concat(),
         );
         support::run_in(&lab.ns, "ip", &["link", "set", &peer_if, "up"]);
+        let host_route = if plan.nft == "ip6" { "128" } else { "32" };
         run(
             "ip",
-            &["route", "add", &format!("{SERVICE_IP}/32"), "dev", &lab.root_if],
+            &[
+                "route",
+                "add",
+                &format!("{}/{host_route}", plan.service),
+                "dev",
+                &lab.root_if,
+            ],
         );
         let script = format!(
-            "add table ip {t}\n\
-             add chain ip {t} out {{ type nat hook output priority -100; policy accept; }}\n\
-             add rule ip {t} out ip daddr {SERVICE_IP} tcp dport 80 dnat to {BACKEND_IP}:{BACKEND_PORT}\n",
-            t = lab.table
+            "add table {f} {t}\n\
+             add chain {f} {t} out {{ type nat hook output priority -100; policy accept; }}\n\
+             add rule {f} {t} out {m} {s} tcp dport 80 dnat to {b}\n",
+            f = plan.nft,
+            t = lab.table,
+            m = plan.daddr,
+            s = plan.service,
+            b = plan.backend_target(),
         );
         let mut nft = Command::new("nft")
             .args(["-f", "-"])
@@ -80,16 +143,19 @@ impl DnatLab {
         lab
     }
 
-    /// A listener on BACKEND_IP:8080 inside the backend namespace that reads each connection to
-    /// its end.
+    /// A listener on the backend's port 8080 inside the backend namespace that reads each
+    /// connection to its end.
     fn backend(&self) {
+        let backend: IpAddr = self.plan.backend.parse().expect("backend address");
         let listener = VethPair::in_ns(&self.ns, || {
-            TcpListener::bind((BACKEND_IP, BACKEND_PORT)).expect("bind in the backend namespace")
+            TcpListener::bind((backend, BACKEND_PORT)).expect("bind in the backend namespace")
         });
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { break };
-                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                });
             }
         });
     }
@@ -98,7 +164,7 @@ impl DnatLab {
 impl Drop for DnatLab {
     fn drop(&mut self) {
         let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
+            .args(["delete", "table", self.plan.nft, &self.table])
             .status();
         // deleting the namespace deletes the veth pair, and the route with it
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
@@ -131,25 +197,44 @@ fn transmitted(points: &[FilePoint]) -> i64 {
         .sum()
 }
 
-fn send_to_service(size: usize) {
-    let mut c = std::net::TcpStream::connect((SERVICE_IP, 80)).expect("connect to the service address");
+/// The newest export's `flowtel.agent.nat.reversals` on `path` ("kernel" or "conntrack").
+fn reversals(path: &std::path::Path, nat_path: &str) -> i64 {
+    file_exports(path)
+        .last()
+        .and_then(|e| {
+            e.iter()
+                .find(|p| p.metric == "flowtel.agent.nat.reversals" && p.attr("flowtel.nat.path") == Some(nat_path))
+                .map(|p| p.value)
+        })
+        .unwrap_or(0)
+}
+
+fn send_to_service(plan: Plan, size: usize) {
+    let mut c = std::net::TcpStream::connect(plan.service_addr()).expect("connect to the service address");
     std::io::Write::write_all(&mut c, &vec![4u8; size]).expect("write");
 }
 
-#[test]
-fn a_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
+/// Three connections to the service address; the agent must key them by the backend, keep
+/// the original address, collapse them into one pair, and count them as reversed in the
+/// kernel.
+fn dnat_flow(plan: Plan) {
     let _serial = serial();
-    let lab = DnatLab::new();
+    let lab = DnatLab::new(plan);
     lab.backend();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("metrics.jsonl");
+    let service_range = if plan.nft == "ip6" {
+        "fd00:207::/64"
+    } else {
+        "10.207.0.0/24"
+    };
     let (mut agent, _log) = start_agent(&[
-        ("FLOWTEL_NAT__DESTINATIONS", "[\"10.207.0.0/24\"]".into()),
+        ("FLOWTEL_NAT__DESTINATIONS", format!("[\"{service_range}\"]")),
         ("FLOWTEL_EXPORT__FILE_PATH", path.display().to_string()),
         ("FLOWTEL_EXPORT__INTERVAL_SECS", "1".into()),
     ]);
     for _ in 0..3 {
-        send_to_service(1500);
+        send_to_service(plan, 1500);
     }
     wait_for("the backend flow exported", Duration::from_secs(10), || {
         transmitted(&backend_points(&path, "flowtel.tcp.bytes")) == 4500
@@ -158,8 +243,8 @@ fn a_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
     drop(lab);
     let points = backend_points(&path, "flowtel.tcp.bytes");
     for p in &points {
-        assert_eq!(p.attr("network.peer.address"), Some(BACKEND_IP), "{p:?}");
-        assert_eq!(p.attr("flowtel.peer.original.address"), Some(SERVICE_IP), "{p:?}");
+        assert_eq!(p.attr("network.peer.address"), Some(plan.backend), "{p:?}");
+        assert_eq!(p.attr("flowtel.peer.original.address"), Some(plan.service), "{p:?}");
         assert_eq!(p.attr("flowtel.peer.original.port"), Some("80"), "{p:?}");
     }
     let connections: i64 = backend_points(&path, "flowtel.tcp.connections")
@@ -173,8 +258,71 @@ fn a_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
     assert!(
         !last
             .iter()
-            .any(|p| p.metric == "flowtel.tcp.bytes" && p.attr("network.peer.address") == Some(SERVICE_IP)),
+            .any(|p| p.metric == "flowtel.tcp.bytes" && p.attr("network.peer.address") == Some(plan.service)),
         "nothing left under the service address"
+    );
+    assert_eq!(
+        reversals(&path, "kernel"),
+        3,
+        "each connection reversed in the kernel, once"
+    );
+    assert_eq!(
+        reversals(&path, "conntrack"),
+        0,
+        "no conntrack lookup for a connection seen opening"
+    );
+}
+
+#[test]
+fn a_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
+    dnat_flow(V4);
+}
+
+#[test]
+fn an_ipv6_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address() {
+    dnat_flow(V6);
+}
+
+/// A connection opened before the agent started: the kernel never saw its SYN, so user space
+/// asks conntrack, and its bytes written afterwards still land under the backend.
+#[test]
+fn a_dnat_connection_that_predates_the_agent_is_reversed_through_conntrack() {
+    let _serial = serial();
+    let lab = DnatLab::new(V4);
+    lab.backend();
+    let mut early = std::net::TcpStream::connect(V4.service_addr()).expect("connect before the agent");
+    std::io::Write::write_all(&mut early, &[1u8; 700]).expect("write before the agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("metrics.jsonl");
+    let (mut agent, _log) = start_agent(&[
+        ("FLOWTEL_NAT__DESTINATIONS", "[\"10.207.0.0/24\"]".into()),
+        ("FLOWTEL_EXPORT__FILE_PATH", path.display().to_string()),
+        ("FLOWTEL_EXPORT__INTERVAL_SECS", "1".into()),
+        ("FLOWTEL_SAMPLER__WALK_INTERVAL_MS", "500".into()),
+    ]);
+    wait_for("the early connection adopted", Duration::from_secs(10), || {
+        reversals(&path, "conntrack") == 1
+    });
+    std::io::Write::write_all(&mut early, &[2u8; 1200]).expect("write after the agent started");
+    drop(early);
+    // what the walk saw at adoption (700 bytes) and what came after (1200), under the backend
+    wait_for(
+        "the early connection's bytes under the backend",
+        Duration::from_secs(10),
+        || transmitted(&backend_points(&path, "flowtel.tcp.bytes")) == 1900,
+    );
+    stop(&mut agent);
+    drop(lab);
+    let points = backend_points(&path, "flowtel.tcp.bytes");
+    assert!(!points.is_empty());
+    for p in &points {
+        assert_eq!(p.attr("network.peer.address"), Some(BACKEND_IP), "{p:?}");
+        assert_eq!(p.attr("flowtel.peer.original.address"), Some(SERVICE_IP), "{p:?}");
+    }
+    assert_eq!(
+        reversals(&path, "kernel"),
+        0,
+        "the kernel never saw this connection's SYN"
     );
 }
 
@@ -396,7 +544,7 @@ impl Drop for PodCgroup {
 fn pod_flow(rollup: &str) -> Vec<FilePoint> {
     const UID: &str = "0c1d2e3f-4a5b-4c6d-8e9f-a0b1c2d3e4f5";
     let container = "ab".repeat(32);
-    let lab = DnatLab::new();
+    let lab = DnatLab::new(V4);
     lab.backend();
     let cgroup = PodCgroup::new(UID, &container);
     let fake = FakeKube::default();

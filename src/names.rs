@@ -61,9 +61,13 @@ pub const AGENT_PAIR_MAP_ENTRIES: &str = "flowtel.agent.pair_map.entries";
 pub const AGENT_PAIR_MAP_CAPACITY: &str = "flowtel.agent.pair_map.capacity";
 pub const AGENT_DROPPED: &str = "flowtel.agent.dropped";
 pub const AGENT_EXPORT_FAILURES: &str = "flowtel.agent.export.failures";
+pub const AGENT_NAT_REVERSALS: &str = "flowtel.agent.nat.reversals";
 pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
 pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
 pub const DROP_REASON: &str = "flowtel.drop.reason";
+/// Which part reversed a DNATed connection: "kernel" (seen at its SYN) or "conntrack" (it
+/// predates the agent).
+pub const NAT_PATH: &str = "flowtel.nat.path";
 pub const CPU_MODE: &str = "cpu.mode";
 
 pub const HEALTH_STATUS: &str = "flowtel.health.status";

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Closed-loop loopback churn: N short connections (request, response, close), W workers.
-Prints connections per second. Used by bpf_cost.sh to drive the sock_ops program."""
+Prints connections per second. Used by bpf_cost.sh to drive the sock_ops program.
+CHURN_PORT fixes the server's port and CHURN_CONNECT (address:port) is where clients connect:
+bpf_cost.sh's NAT arm DNATs the one to the other."""
+import os
 import socket
 import sys
 import threading
@@ -12,9 +15,11 @@ REQUEST, RESPONSE = b"q" * 64, b"r" * 256
 
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 0))
+srv.bind(("127.0.0.1", int(os.environ.get("CHURN_PORT", "0"))))
 srv.listen(1024)
 port = srv.getsockname()[1]
+host, _, to_port = os.environ.get("CHURN_CONNECT", f"127.0.0.1:{port}").rpartition(":")
+target = (host, int(to_port))
 
 
 def serve():
@@ -34,7 +39,7 @@ for _ in range(2):
 
 def work(count):
     for _ in range(count):
-        c = socket.create_connection(("127.0.0.1", port))
+        c = socket.create_connection(target)
         c.sendall(REQUEST)
         while c.recv(4096):
             pass

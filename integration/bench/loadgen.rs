@@ -6,6 +6,10 @@
 //!   loadgen idle COUNT SECONDS RATE COUNT connections held open for SECONDS, with RATE one-byte
 //!                                   writes per second spread over them (a slow trickle)
 //!
+//! For churn through a DNAT rule: LOADGEN_PORT fixes the server's port and LOADGEN_CONNECT
+//! (address:port) is where the clients connect; the benchmark's nftables rule maps the one to the
+//! other.
+//!
 //! Built as a cargo example: `cargo build --release --example loadgen`.
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -35,7 +39,11 @@ fn main() {
 }
 
 fn listener() -> TcpListener {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap_or_else(|e| {
+    let port = std::env::var("LOADGEN_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| {
         eprintln!("loadgen: cannot listen on loopback: {e}");
         std::process::exit(1)
     })
@@ -43,7 +51,11 @@ fn listener() -> TcpListener {
 
 fn churn(duration: Duration, workers: usize) {
     let server = listener();
-    let addr = server.local_addr().expect("local address");
+    let listening = server.local_addr().expect("local address");
+    let addr: SocketAddr = match std::env::var("LOADGEN_CONNECT") {
+        Ok(to) => to.parse().unwrap_or_else(|_| usage()),
+        Err(_) => listening,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for _ in 0..workers.max(1) {
         let server = server.try_clone().expect("listener clone");
@@ -97,7 +109,7 @@ fn churn(duration: Duration, workers: usize) {
     let n = done.load(Ordering::Relaxed);
     println!(
         "{{\"mode\":\"churn\",\"port\":{},\"connections\":{n},\"errors\":{},\"seconds\":{secs:.3},\"rate\":{:.1}}}",
-        addr.port(),
+        listening.port(),
         errors.load(Ordering::Relaxed),
         n as f64 / secs
     );

@@ -126,6 +126,8 @@ pub struct AgentMetrics {
     pub pair_map_capacity: u64,
     /// Events that lost detail or data, by reason.
     pub dropped: Vec<(&'static str, u64)>,
+    /// DNATed connections keyed by their real peer, by path; empty when NAT reversal is off.
+    pub nat_reversals: Vec<(&'static str, u64)>,
     pub export_failures: u64,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
@@ -154,10 +156,16 @@ impl AgentMetrics {
                 ("flow_table_evicted_for_room", stats.table.evicted_for_room),
                 ("undecodable_pair", c.undecodable_pairs),
                 ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
+                ("nat_unstored", c.nat_unstored),
                 ("close_fold_skipped", c.close_fold_skipped),
                 ("export_superseded", export.otlp_superseded),
                 ("export_undelivered", export.otlp_dropped),
             ],
+            nat_reversals: if stats.nat.enabled {
+                vec![("kernel", c.nat_reversed), ("conntrack", stats.nat.translated)]
+            } else {
+                Vec::new()
+            },
             export_failures: export.otlp_failures,
             cpu_user_seconds: process.cpu_user_seconds,
             cpu_system_seconds: process.cpu_system_seconds,
@@ -507,6 +515,20 @@ fn agent_families(b: &mut Builder<'_>, agent: &AgentMetrics) {
                     .dropped
                     .iter()
                     .map(|(reason, n)| (*reason, Value::Int(*n)))
+                    .collect(),
+            ),
+        ),
+        (
+            names::AGENT_NAT_REVERSALS,
+            unit::CONNECTION,
+            Kind::Counter,
+            "DNATed connections keyed by their real peer, by path",
+            by(
+                names::NAT_PATH,
+                agent
+                    .nat_reversals
+                    .iter()
+                    .map(|(path, n)| (*path, Value::Int(*n)))
                     .collect(),
             ),
         ),

@@ -1,5 +1,5 @@
 //! Generated skeleton types into domain types. Nothing generated leaves this module.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::skel::types;
 use crate::flows::{FlowCounters, FlowKey, Log2Histogram, Owner, Role};
@@ -10,36 +10,52 @@ unsafe impl plain::Plain for types::flowtel_pair_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::flowtel_pair_stats {}
 
-/// The pair key, and the client port (non-zero only for a NAT-reversal candidate).
-pub(super) fn pair_key(bytes: &[u8]) -> Option<(FlowKey, u16)> {
+/// One pair-map key: the pair, and what NAT reversal needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RawPairKey {
+    pub flow: FlowKey,
+    /// Non-zero only for a connection that predates the agent to a possible DNAT destination:
+    /// user space looks it up in conntrack.
+    pub client_port: u16,
+    /// The address the client connected to, when the kernel saw DNAT send it to `flow.remote`.
+    pub original: Option<SocketAddr>,
+}
+
+fn address(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => {
+            let v4: [u8; 4] = bytes[..4].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(v4)))
+        }
+        6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+pub(super) fn pair_key(bytes: &[u8]) -> Option<RawPairKey> {
     let mut raw = types::flowtel_pair_key::default();
     plain::copy_from_bytes(&mut raw, bytes).ok()?;
-    let (local, remote) = match raw.family {
-        4 => {
-            let l: [u8; 4] = raw.local_addr[..4].try_into().ok()?;
-            let r: [u8; 4] = raw.remote_addr[..4].try_into().ok()?;
-            (IpAddr::V4(Ipv4Addr::from(l)), IpAddr::V4(Ipv4Addr::from(r)))
-        }
-        6 => (
-            IpAddr::V6(Ipv6Addr::from(raw.local_addr)),
-            IpAddr::V6(Ipv6Addr::from(raw.remote_addr)),
-        ),
-        _ => return None,
-    };
+    let local = address(raw.family, &raw.local_addr)?;
+    let remote = address(raw.family, &raw.remote_addr)?;
     let role = match u32::from(raw.role) {
         r if r == types::flowtel_role::FLOWTEL_ROLE_CLIENT.0 => Role::Client,
         r if r == types::flowtel_role::FLOWTEL_ROLE_SERVER.0 => Role::Server,
         _ => return None,
     };
-    Some((
-        FlowKey {
+    let original = match raw.original_port {
+        0 => None,
+        port => Some(SocketAddr::new(address(raw.family, &raw.original_addr)?, port)),
+    };
+    Some(RawPairKey {
+        flow: FlowKey {
             local,
             remote,
             service_port: raw.service_port,
             role,
         },
-        raw.client_port,
-    ))
+        client_port: raw.client_port,
+        original,
+    })
 }
 
 fn histogram(count: u64, sum_us: u64, buckets: &[u32]) -> Log2Histogram {
@@ -120,11 +136,31 @@ mod tests {
         };
         raw.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         raw.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let (key, _) = pair_key(&key_bytes(&raw)).expect("valid key");
-        assert_eq!(key.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!(key.remote, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
-        assert_eq!(key.service_port, 443);
-        assert_eq!(key.role, Role::Client);
+        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        assert_eq!(key.flow.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(key.flow.remote, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(key.flow.service_port, 443);
+        assert_eq!(key.flow.role, Role::Client);
+        assert_eq!(key.original, None);
+    }
+
+    #[test]
+    fn a_dnat_key_names_the_backend_and_keeps_the_original() {
+        let mut raw = types::flowtel_pair_key {
+            family: 6,
+            role: 1,
+            service_port: 8080,
+            original_port: 80,
+            ..Default::default()
+        };
+        raw.local_addr = "fd00::1".parse::<Ipv6Addr>().expect("address").octets();
+        raw.remote_addr = "fd00::2".parse::<Ipv6Addr>().expect("address").octets();
+        raw.original_addr = "fd00:96::a".parse::<Ipv6Addr>().expect("address").octets();
+        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        assert_eq!(key.flow.remote, "fd00::2".parse::<IpAddr>().expect("address"));
+        assert_eq!(key.flow.service_port, 8080);
+        assert_eq!(key.original, Some("[fd00:96::a]:80".parse().expect("address")));
+        assert_eq!(key.client_port, 0);
     }
 
     #[test]
@@ -137,9 +173,9 @@ mod tests {
         };
         raw.local_addr = Ipv6Addr::LOCALHOST.octets();
         raw.remote_addr = Ipv6Addr::LOCALHOST.octets();
-        let (key, _) = pair_key(&key_bytes(&raw)).expect("valid key");
-        assert_eq!(key.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!(key.role, Role::Server);
+        let key = pair_key(&key_bytes(&raw)).expect("valid key");
+        assert_eq!(key.flow.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(key.flow.role, Role::Server);
         raw.family = 9;
         assert_eq!(pair_key(&key_bytes(&raw)), None);
     }

@@ -133,6 +133,14 @@ pub struct AgentCounters {
     /// that CPU is not folded (the program's `recursion_misses`). What that socket counted since
     /// the last walk is lost, and counted here.
     pub close_fold_skipped: u64,
+    /// Client connections the kernel saw DNATed at their SYN and keyed by the real peer.
+    pub nat_reversed: u64,
+    /// DNATed SYNs whose real peer could not be stored: those connections stay under the
+    /// address they connected to.
+    pub nat_unstored: u64,
+    /// Connections that predate the agent to a possible DNAT destination, handed to user
+    /// space's conntrack lookup.
+    pub nat_preexisting: u64,
 }
 
 /// One poll's result.
@@ -166,6 +174,7 @@ const WALK_SLACK: Duration = Duration::from_millis(50);
 pub struct Sampler {
     skel: FlowtelSkel<'static>,
     _sockops_link: Link,
+    _nat_link: Option<Link>,
     _close_links: Vec<Link>,
     walk_link: Link,
     /// The inner pair map currently receiving folds: false = pairs_a.
@@ -206,10 +215,17 @@ impl Sampler {
         rodata.flowtel_cgroup_id = target.id;
         rodata.flowtel_cgroup_level = target.level;
         rodata.flowtel_nat = config.nat;
+        // the egress program runs for every packet the cgroup sends: loaded only when needed
+        open.progs.flowtel_nat_syn.set_autoload(config.nat);
         let sizing = [
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
             (&mut open.maps.listeners, config.listener_map_capacity),
+            // preallocated: no memory for it unless NAT reversal is on
+            (
+                &mut open.maps.nat_peers,
+                if config.nat { NAT_PEERS_CAPACITY } else { 1 },
+            ),
         ];
         for (map, capacity) in sizing {
             map.set_max_entries(capacity.max(1))
@@ -256,6 +272,23 @@ impl Sampler {
             .flowtel_sockops
             .attach_cgroup(cgroup_dir.as_raw_fd())
             .map_err(|source| load_error(&format!("attaching sock_ops to {}", target.path.display()), source))?;
+        // NAT reversal's SYN program: attached with sock_ops, so that no connection made from
+        // now on is keyed by the address it asked for
+        let nat_link = if config.nat {
+            Some(
+                skel.progs
+                    .flowtel_nat_syn
+                    .attach_cgroup(cgroup_dir.as_raw_fd())
+                    .map_err(|source| {
+                        load_error(
+                            &format!("attaching the NAT reversal egress program to {}", target.path.display()),
+                            source,
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
         let walk_link = skel
             .progs
             .flowtel_walk
@@ -266,6 +299,7 @@ impl Sampler {
         Ok(Self {
             skel,
             _sockops_link: sockops_link,
+            _nat_link: nat_link,
             _close_links: close_links,
             walk_link,
             active_is_b: false,
@@ -422,6 +456,9 @@ impl Sampler {
         counters.listener_map_full = read(types::flowtel_counter::FLOWTEL_CTR_LISTENER_MAP_FULL)?;
         counters.walk_sockets = read(types::flowtel_counter::FLOWTEL_CTR_WALK_SOCKETS)?;
         counters.no_tcp_sock = read(types::flowtel_counter::FLOWTEL_CTR_NO_TCP_SOCK)?;
+        counters.nat_reversed = read(types::flowtel_counter::FLOWTEL_CTR_NAT_REVERSED)?;
+        counters.nat_unstored = read(types::flowtel_counter::FLOWTEL_CTR_NAT_UNSTORED)?;
+        counters.nat_preexisting = read(types::flowtel_counter::FLOWTEL_CTR_NAT_PREEXISTING)?;
         let progs = &self.skel.progs;
         counters.close_fold_skipped = [
             progs.flowtel_destroy.as_fd(),
@@ -477,6 +514,10 @@ fn fill_nat_destinations(
     (kept, left_out)
 }
 
+/// Live DNATed client connections the kernel remembers at most (nat_peers); beyond it, a
+/// connection stays under the address it connected to (counted: `nat_unstored`).
+pub const NAT_PEERS_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
+
 /// Prefixes the kernel's NAT-destination map holds at most (its max_entries).
 pub const NAT_DESTINATIONS_CAPACITY: usize = types::flowtel_limit::FLOWTEL_NAT_DESTINATION_ENTRIES.0 as usize;
 
@@ -492,7 +533,8 @@ fn nat_prefix_key(prefix: &ipnet::IpNet) -> Vec<u8> {
 }
 
 /// Reads and empties an inner pair map that no program writes any more.
-/// Entries with a client port (NAT-reversal candidates) come back apart, to be resolved.
+/// Entries that NAT reversal touched (a client port to look up, or an original address the
+/// kernel kept) come back apart, to be merged by pair.
 fn drain(
     inner: &impl MapCore,
     counters: &mut AgentCounters,
@@ -509,18 +551,19 @@ fn drain(
             })?;
         let Some(values) = values else { continue };
         match decode::pair_key(key) {
-            Some((flow, client_port)) => {
+            Some(raw) => {
                 let (counters, owner) = decode::pair_stats_per_cpu(values.iter().map(Vec::as_slice));
-                if client_port == 0 {
+                if raw.client_port == 0 && raw.original.is_none() {
                     pairs.push(PairDelta {
-                        key: flow,
+                        key: raw.flow,
                         counters,
                         owner,
                     });
                 } else {
                     pending.push(nat::Pending {
-                        key: flow,
-                        client_port,
+                        key: raw.flow,
+                        client_port: raw.client_port,
+                        original: raw.original,
                         counters,
                         owner,
                     });

@@ -1,12 +1,14 @@
-//! NAT reversal. A client connection to a destination that may be DNATed (a Kubernetes
-//! ClusterIP, a configured CIDR) reaches user space as its own entry, with its client port; this
-//! module asks conntrack where it really went and keys it by the real peer, collapsing the
-//! client port again. The address the client asked for is kept as the pair's original.
+//! NAT reversal, user space's part. The kernel reverses every connection whose SYN it sees: its
+//! entries arrive keyed by the real peer, with the address the client asked for beside it, and
+//! are only merged here. A connection that predates the agent (no SYN seen) to a destination
+//! that may be DNATed (a Kubernetes ClusterIP, a configured CIDR) arrives as its own entry, with
+//! its client port; this module asks conntrack where it really went and keys it by the real
+//! peer, collapsing the client port again.
 //!
-//! One conntrack lookup per connection, remembered while the connection lives (a long-lived
-//! connection is reported again at every walk). Conntrack keeps an entry for 10 s (reset) to
-//! 120 s (TIME_WAIT) after the close, and polls come every second, so a connection is still
-//! there when its entry arrives.
+//! One conntrack lookup per such connection, remembered while the connection lives (a
+//! long-lived connection is reported again at every walk). Conntrack keeps an entry for 10 s
+//! (reset) to 120 s (TIME_WAIT) after the close, and polls come every second, so a connection is
+//! still there when its entry arrives.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -18,12 +20,14 @@ const CACHE_CAPACITY: usize = 65_536;
 /// A connection not reported for this many polls is forgotten.
 const FORGET_AFTER_POLLS: u64 = 300;
 
-/// One connection's entry from the kernel: its key (remote = the address it connected to) and
-/// its client port.
+/// One entry from the kernel that NAT reversal touched: either reversed already (`original` is
+/// the address it connected to, `key` names the real peer), or a connection to look up (its key
+/// names the address it connected to, `client_port` is its own port).
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub key: FlowKey,
     pub client_port: u16,
+    pub original: Option<SocketAddr>,
     pub counters: FlowCounters,
     pub owner: Owner,
 }
@@ -31,6 +35,9 @@ pub struct Pending {
 /// What reversal did, cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NatStats {
+    /// NAT reversal is on.
+    pub enabled: bool,
+    /// Conntrack lookups (connections that predate the agent).
     pub lookups: u64,
     /// Connections found DNATed and keyed by their real peer.
     pub translated: u64,
@@ -75,7 +82,10 @@ impl NatResolver {
             cache: HashMap::new(),
             poll: 0,
             warned: false,
-            stats: NatStats::default(),
+            stats: NatStats {
+                enabled: true,
+                ..NatStats::default()
+            },
         }
     }
 
@@ -85,7 +95,14 @@ impl NatResolver {
         let mut merged: HashMap<FlowKey, PairDelta> = HashMap::new();
         let mut originals: HashMap<FlowKey, SocketAddr> = HashMap::new();
         for p in pending {
-            let translation = self.translation(&p.key, p.client_port);
+            if let Some(original) = p.original {
+                originals.insert(p.key, original);
+            }
+            let translation = if p.client_port == 0 {
+                Translation::None
+            } else {
+                self.translation(&p.key, p.client_port)
+            };
             let key = match translation {
                 Translation::To(real) => {
                     let key = FlowKey {
