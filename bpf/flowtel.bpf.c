@@ -161,11 +161,12 @@ static __always_inline struct flowtel_pair_stats *overflow_stats(void)
 	return bpf_map_lookup_elem(&overflow, &zero);
 }
 
-/* Which pair map takes folds (0: pairs_a, 1: pairs_b). User space flips it, then updates the
- * one-slot outer map pairs_active, which returns only after an RCU grace period: from then on no
- * program still folds into the map it drains. Naming the two maps directly, instead of looking
- * the active one up in pairs_active, lets the verifier inline the lookups. */
-volatile __u32 flowtel_active_b = 0;
+/* Pair-map swaps so far; the low bit names the map that takes folds (0: pairs_a, 1: pairs_b).
+ * User space increments it, then updates the one-slot outer map pairs_active, which returns
+ * only after an RCU grace period: from then on no program still folds into the map it drains.
+ * Naming the two maps directly, instead of looking the active one up in pairs_active, lets the
+ * verifier inline the lookups. One word, read once, gives both the map and its generation. */
+volatile __u32 flowtel_swaps = 0;
 
 /* The one lookup-or-init for the pair maps: the entry for `key`, created zeroed if missing.
  * -EEXIST from the update means another context inserted it first: fine, look it up again.
@@ -181,12 +182,12 @@ static __always_inline struct flowtel_pair_stats *lookup_or_init(void *map, cons
 	return bpf_map_lookup_elem(map, key);
 }
 
-/* The key's entry in the active pair map; the overflow bucket when it is full. */
-static __noinline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
+/* The key's entry in the pair map of generation `swaps`; the overflow bucket when it is full. */
+static __noinline struct flowtel_pair_stats *pair_stats_at(const struct flowtel_pair_key *key, __u32 swaps)
 {
 	struct flowtel_pair_stats *stats;
 
-	if (flowtel_active_b)
+	if (swaps & 1)
 		stats = lookup_or_init(&pairs_b, key);
 	else
 		stats = lookup_or_init(&pairs_a, key);
@@ -194,6 +195,12 @@ static __noinline struct flowtel_pair_stats *pair_stats(const struct flowtel_pai
 		return stats;
 	count(FLOWTEL_CTR_PAIR_MAP_FULL);
 	return overflow_stats();
+}
+
+/* The key's entry in the active pair map; the overflow bucket when it is full. */
+static __always_inline struct flowtel_pair_stats *pair_stats(const struct flowtel_pair_key *key)
+{
+	return pair_stats_at(key, flowtel_swaps);
 }
 
 /* ceil(log2(v)) clamped to the bucket range: bucket k holds (2^(k-1), 2^k]. */
@@ -307,11 +314,18 @@ static __always_inline void build_key(struct flowtel_pair_key *key, __u32 family
 	}
 }
 
+/* The socket's cookie if it has one yet, without making one: only a socket with an entry in
+ * nat_peers is sure to have one, and making a cookie for every other socket costs. */
+static __always_inline __u64 cookie_if_any(const struct sock *sk)
+{
+	return sk ? sk->__sk_common.skc_cookie.counter : 0;
+}
+
 /* What NAT reversal knows of a client socket, by its cookie; NULL when it is off, for servers,
- * and for the sockets it knows nothing of (nearly all of them). */
+ * and for the sockets it knows nothing of (nearly all of them, most without a cookie). */
 static __always_inline struct flowtel_nat_peer *nat_peer(__u64 cookie, __u8 role)
 {
-	if (!flowtel_nat || role != FLOWTEL_ROLE_CLIENT)
+	if (!flowtel_nat || role != FLOWTEL_ROLE_CLIENT || !cookie)
 		return NULL;
 	return bpf_map_lookup_elem(&nat_peers, &cookie);
 }
@@ -342,8 +356,12 @@ static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowte
 	barrier_var(r4);
 	barrier_var(lport);
 	barrier_var(rport);
-	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT)
-		nat = nat_peer(bpf_get_socket_cookie(ctx), role);
+	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT) {
+		struct bpf_sock *bsk = ctx->sk;
+
+		if (bsk)
+			nat = nat_peer(cookie_if_any((struct sock *)bpf_skc_to_tcp_sock(bsk)), role);
+	}
 	/* local_port is host order; remote_port is network order in the upper half */
 	build_key(key, family, l6, r6, l4, r4, (__u16)lport, (__u16)bpf_ntohl(rport), role, nat);
 }
@@ -441,15 +459,55 @@ static __always_inline void track(struct bpf_sock_ops *ctx, __u32 extra)
 	bpf_sock_ops_cb_flags_set(ctx, flags);
 }
 
-/* The calling process as the pair's owner. Only valid in the process that connects: connect()
- * (and the first SYN, which it sends) is the one moment the owner is known for free. */
-static __always_inline void note_owner(struct flowtel_pair_stats *s, struct tcp_sock *tp)
-{
-	struct task_struct *task;
+/* The last owner this CPU noted, and where: a process that connects to one pair again and
+ * again (the usual case) skips the pair lookup. One per-CPU slot, never full. */
+struct flowtel_owner_noted {
+	struct flowtel_pair_key key;
 	__u32 pid;
+	__u32 swaps;
+};
 
-	/* the owner rarely changes between connections of a pair: read it only when it does */
-	pid = bpf_get_current_pid_tgid() >> 32;
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flowtel_owner_noted);
+} owner_noted SEC(".maps");
+
+static __always_inline bool same_key(const struct flowtel_pair_key *a, const struct flowtel_pair_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	_Static_assert(sizeof(*a) % 8 == 0, "the pair key compares as words");
+#pragma unroll
+	for (int i = 0; i < sizeof(*a) / 8; i++)
+		if (x[i] != y[i])
+			return false;
+	return true;
+}
+
+/* The calling process as the owner of the pair of `key`. Only valid in the process that
+ * connects: connect() (and the first SYN, which it sends) is the one moment the owner is known
+ * for free. The owner rarely changes between connections of a pair: it is read only when it
+ * does, and the pair is not even looked up when this CPU noted the same owner for it in the
+ * same pair map. */
+static __always_inline void note_owner(const struct flowtel_pair_key *key, struct tcp_sock *tp)
+{
+	__u32 zero = 0, pid = bpf_get_current_pid_tgid() >> 32, swaps = flowtel_swaps;
+	struct flowtel_owner_noted *noted = bpf_map_lookup_elem(&owner_noted, &zero);
+	struct flowtel_pair_stats *s;
+	struct task_struct *task;
+
+	if (noted && noted->pid == pid && noted->swaps == swaps && same_key(&noted->key, key))
+		return;
+	s = pair_stats_at(key, swaps);
+	if (!s)
+		return;
+	if (noted) {
+		noted->key = *key;
+		noted->pid = pid;
+		noted->swaps = swaps;
+	}
 	if (s->pid == pid && s->cgroup_id)
 		return;
 	s->pid = pid;
@@ -463,7 +521,6 @@ static __always_inline void note_owner(struct flowtel_pair_stats *s, struct tcp_
 static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 {
 	struct flowtel_pair_key key = {};
-	struct flowtel_pair_stats *s;
 	struct bpf_sock *bsk = ctx->sk;
 	struct tcp_sock *tp;
 
@@ -481,9 +538,10 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 			rep->segs_sent = 0;
 			rep->segs_received = 0;
 			if (flowtel_nat) {
-				__u64 cookie = bpf_get_socket_cookie(ctx);
+				__u64 cookie = cookie_if_any((struct sock *)tp);
 
-				bpf_map_delete_elem(&nat_peers, &cookie);
+				if (cookie)
+					bpf_map_delete_elem(&nat_peers, &cookie);
 			}
 		}
 	}
@@ -493,9 +551,7 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 		return;
 	/* The tuple is complete here (route and source port are chosen before this callback). */
 	key_from_sock_ops(ctx, &key, FLOWTEL_ROLE_CLIENT);
-	s = pair_stats(&key);
-	if (s)
-		note_owner(s, tp);
+	note_owner(&key, tp);
 }
 
 /* Connect duration without per-socket memory: with no SYN retransmit, the first RTT sample
@@ -816,7 +872,6 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 {
 	struct flowtel_pair_key key = {};
 	struct flowtel_nat_peer peer = {};
-	struct flowtel_pair_stats *s;
 	struct bpf_sock *bsk = skb->sk;
 	struct tcp_sock *tp;
 	__u32 real[4] = {};
@@ -879,9 +934,7 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	if (tp->total_retrans)
 		return 1;
 	key_from_sock((struct sock *)tp, &key, FLOWTEL_ROLE_CLIENT, peer.port ? &peer : NULL);
-	s = pair_stats(&key);
-	if (s)
-		note_owner(s, tp);
+	note_owner(&key, tp);
 	return 1;
 }
 
@@ -909,9 +962,10 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 
 	if (!tp || !in_target_cgroup((struct sock *)tp))
 		return 0;
-	if (flowtel_nat) {
-		cookie = bpf_get_socket_cookie(sk);
-		nat = nat_peer(cookie, role_of_flags(tp->bpf_sock_ops_cb_flags));
+	/* servers have no entry: no cookie is made for them */
+	if (flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT) {
+		cookie = cookie_if_any((struct sock *)tp);
+		nat = nat_peer(cookie, FLOWTEL_ROLE_CLIENT);
 	}
 	close_fold(tp, false, nat);
 	if (nat)
@@ -938,8 +992,9 @@ static __always_inline void reset_fold(struct tcp_sock *tp)
 	if (rep->folded)
 		return;
 	/* the fold records the counters as reported: only later growth counts at destruction */
-	close_fold(tp, true, flowtel_nat ? nat_peer(bpf_get_socket_cookie(tp),
-						    role_of_flags(tp->bpf_sock_ops_cb_flags)) : NULL);
+	close_fold(tp, true,
+		   flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT ?
+			   nat_peer(cookie_if_any((struct sock *)tp), FLOWTEL_ROLE_CLIENT) : NULL);
 	rep->folded = 1;
 }
 
@@ -1037,13 +1092,13 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 	build_key(&key, skc->skc_family, l6, r6, skc->skc_rcv_saddr, skc->skc_daddr, skc->skc_num,
 		  bpf_ntohs(skc->skc_dport), role, NULL);
 	if (flowtel_nat && role == FLOWTEL_ROLE_CLIENT) {
-		__u64 cookie = bpf_get_socket_cookie(sk);
-		struct flowtel_nat_peer *nat = nat_peer(cookie, role);
+		struct flowtel_nat_peer *nat = nat_peer(cookie_if_any(sk), role);
 
 		/* First met with no SYN seen (it predates the agent, or this agent's programs): if
 		 * it may be DNATed, user space looks it up in conntrack, by its client port. */
 		if (!nat && !rep->established_counted && nat_destination(&key)) {
 			struct flowtel_nat_peer lookup = { .lookup = 1 };
+			__u64 cookie = bpf_get_socket_cookie(sk);
 
 			if (bpf_map_update_elem(&nat_peers, &cookie, &lookup, BPF_NOEXIST) == 0)
 				count(FLOWTEL_CTR_NAT_PREEXISTING);

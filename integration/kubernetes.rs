@@ -246,6 +246,8 @@ fn dnat_flow(plan: Plan) {
         assert_eq!(p.attr("network.peer.address"), Some(plan.backend), "{p:?}");
         assert_eq!(p.attr("flowtel.peer.original.address"), Some(plan.service), "{p:?}");
         assert_eq!(p.attr("flowtel.peer.original.port"), Some("80"), "{p:?}");
+        // noted as its SYN left, in the connecting process
+        assert!(p.attr("process.executable.name").is_some(), "{p:?}");
     }
     let connections: i64 = backend_points(&path, "flowtel.tcp.connections")
         .iter()

@@ -12,7 +12,8 @@ import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 out_dir, mode = sys.argv[2], sys.argv[3]
-ARMS = ["none", "floor", "flowtel", "classic"]
+ARMS = ["none", "floor", "flowtel", "flowtel_nat", "classic"]
+STATS_ARMS = ["floor", "floor_nat", "flowtel", "flowtel_nat"]
 
 
 def spread(values):
@@ -41,6 +42,7 @@ for load, get in loads.items():
     tp[load] = {}
     none_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "none"}
     floor_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "floor"}
+    flowtel_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "flowtel"}
     for arm in ARMS:
         mine = {r["round"]: get(r) for r in throughput if r["arm"] == arm}
         s = spread(list(mine.values()))
@@ -50,6 +52,7 @@ for load, get in loads.items():
             "ratio_to_none": s["median"] / none_median["median"] if s and none_median else None,
             "paired_ratio_to_none": spread([mine[k] / none_by_round[k] for k in mine if k in none_by_round]),
             "paired_ratio_to_floor": spread([mine[k] / floor_by_round[k] for k in mine if k in floor_by_round]),
+            "paired_ratio_to_flowtel": spread([mine[k] / flowtel_by_round[k] for k in mine if k in flowtel_by_round]),
         }
 results["throughput"] = tp
 
@@ -63,12 +66,19 @@ results["flowtel_under_load"] = {
 # --- kernel cost
 stats = [r for r in rows if r["kind"] == "bpf_stats"]
 kc = {}
-for arm in ["floor", "flowtel"]:
+for arm in STATS_ARMS:
     mine = [r for r in stats if r["arm"] == arm]
+    if not mine:
+        continue
     per_conn = [sum(p["ns"] for p in r["churn_progs"].values()) / r["churn"]["connections"] / 1000 for r in mine]
     calls = [sum(p["calls"] for n, p in r["churn_progs"].items() if n != "flowtel_walk") / r["churn"]["connections"] for r in mine]
     per_mb = [sum(p["ns"] for p in r["bulk_progs"].values()) / (r["bulk_bytes"] / 1e6) for r in mine]
     progs = {}
+    egress = [r["bulk_progs"].get("flowtel_nat_syn") or r["bulk_progs"].get("flowtel_floor_eg") for r in mine]
+    bulk_egress = {
+        "calls_per_mb": spread([e["calls"] / (r["bulk_bytes"] / 1e6) for e, r in zip(egress, mine) if e]),
+        "ns_per_call": spread([e["ns"] / e["calls"] for e in egress if e and e["calls"]]),
+    }
     for name in sorted({n for r in mine for n in r["churn_progs"]}):
         progs[name] = {
             "ns_per_call": spread([r["churn_progs"][name]["ns"] / r["churn_progs"][name]["calls"]
@@ -78,7 +88,10 @@ for arm in ["floor", "flowtel"]:
         }
     kc[arm] = {"bpf_us_per_connection": spread(per_conn), "invocations_per_connection": spread(calls),
                "bpf_ns_per_mb_bulk": spread(per_mb), "programs": progs,
-               "churn_rate_with_stats": spread([r["churn"]["rate"] for r in mine])}
+               "churn_rate_with_stats": spread([r["churn"]["rate"] for r in mine]),
+               "agent_cpu_us_per_connection": spread([r["agent_cpu_ns"] / r["churn"]["connections"] / 1000
+                                                      for r in mine if r.get("agent_cpu_ns")]),
+               "bulk_egress": bulk_egress}
 results["kernel_cost"] = kc
 
 # --- many live sockets
@@ -108,14 +121,26 @@ def med(s):
 budget = []
 bpf = med(kc["flowtel"]["bpf_us_per_connection"])
 budget.append(("BPF time per short connection", "<= 2.0 us", f"{bpf:.2f} us" if bpf else "-", bpf is not None and bpf <= 2.0))
+if "flowtel_nat" in kc:
+    nat = med(kc["flowtel_nat"]["bpf_us_per_connection"])
+    budget.append(("NAT: BPF time per reversed connection", "<= 2.5 us", f"{nat:.2f} us" if nat else "-", nat is not None and nat <= 2.5))
+    cpu_nat, cpu_plain = med(kc["flowtel_nat"]["agent_cpu_us_per_connection"]), med(kc["flowtel"]["agent_cpu_us_per_connection"])
+    if cpu_nat is not None and cpu_plain is not None:
+        extra = cpu_nat - cpu_plain
+        budget.append(("NAT: agent CPU for reversal per connection", "<= 0.5 us",
+                       f"{extra:.2f} us ({cpu_nat:.2f} reversed - {cpu_plain:.2f} plain)", extra <= 0.5))
 churn_floor = med(tp["churn"]["flowtel"]["paired_ratio_to_floor"])
 budget.append(("churn vs floor (paired, median)", ">= 0.95", f"{churn_floor:.3f}" if churn_floor else "-", churn_floor is not None and churn_floor >= 0.95))
 ov_f = 1 - (med(tp["churn"]["flowtel"]["paired_ratio_to_none"]) or 1)
 ov_c = 1 - (med(tp["churn"]["classic"]["paired_ratio_to_none"]) or 1)
 budget.append(("churn overhead vs classic tools", "<= 0.5 x classic", f"{ov_f:.3f} vs {ov_c:.3f}", ov_f <= 0.5 * ov_c))
-for load in ["bulk1", "bulk4"]:
-    r = med(tp[load]["flowtel"]["paired_ratio_to_none"])
-    budget.append((f"bulk ({load[-1]} stream{'s' if load == 'bulk4' else ''}) vs none", ">= 0.995", f"{r:.3f}" if r else "-", r is not None and r >= 0.995))
+for arm in ["flowtel", "flowtel_nat"]:
+    label = " with NAT reversal on" if arm == "flowtel_nat" else ""
+    for load in ["bulk1", "bulk4"]:
+        r = med(tp[load][arm]["paired_ratio_to_none"])
+        budget.append((f"bulk ({load[-1]} stream{'s' if load == 'bulk4' else ''}){label} vs none", ">= 0.995", f"{r:.3f}" if r else "-", r is not None and r >= 0.995))
+r = med(tp["churn"]["flowtel_nat"]["paired_ratio_to_flowtel"])
+budget.append(("churn (not DNATed) with NAT reversal on vs off, paired", ">= 1.0 (not slower)", f"{r:.3f}" if r else "-", None))
 for count, v in idle.items():
     budget.append((f"{int(count):,} live sockets: CPU", "<= 3% of a core", f"{v['cpu_percent_of_one_core']:.2f}%",
                    v["cpu_percent_of_one_core"] <= 3.0 if count == "100000" else None))
@@ -137,25 +162,32 @@ L.append("## Budget\n\n| item | target | measured | met |\n|---|---|---|---|")
 for a, b, c, d in budget:
     L.append(f"| {a} | {b} | {c} | {'yes' if d else ('no' if d is False else 'n/a (quick mode)')} |")
 L.append("\n## Throughput (interleaved arms)\n")
-L.append("| arm | churn conn/s | ratio to none | paired ratio to none | paired ratio to floor | iperf3 1 stream Gbit/s | paired | iperf3 4 streams Gbit/s | paired |")
-L.append("|---|---|---|---|---|---|---|---|---|")
+L.append("| arm | churn conn/s | ratio to none | paired ratio to none | paired ratio to floor | paired ratio to flowtel | iperf3 1 stream Gbit/s | paired | iperf3 4 streams Gbit/s | paired |")
+L.append("|---|---|---|---|---|---|---|---|---|---|")
 for arm in ARMS:
     c, b1, b4 = tp["churn"][arm], tp["bulk1"][arm], tp["bulk4"][arm]
     L.append(f"| {arm} | {fmt(c['value'])} | {c['ratio_to_none']:.3f} | {fmt(c['paired_ratio_to_none'], digits=3)} | "
-             f"{fmt(c['paired_ratio_to_floor'], digits=3)} | {fmt(b1['value'], 1e-9, 2)} | {fmt(b1['paired_ratio_to_none'], digits=3)} | "
+             f"{fmt(c['paired_ratio_to_floor'], digits=3)} | {fmt(c['paired_ratio_to_flowtel'], digits=3)} | {fmt(b1['value'], 1e-9, 2)} | {fmt(b1['paired_ratio_to_none'], digits=3)} | "
              f"{fmt(b4['value'], 1e-9, 2)} | {fmt(b4['paired_ratio_to_none'], digits=3)} |")
 fu = results["flowtel_under_load"]
 L.append(f"\nflowtel itself during those rounds: {fmt(fu['cpu_s_per_min_user'], digits=2)} CPU-s/min user, "
          f"{fmt(fu['cpu_s_per_min_system'], digits=2)} system, peak RSS {fmt(fu['peak_rss_mb'], digits=1)} MB.\n")
 L.append("## Kernel cost (kernel.bpf_stats_enabled, separate runs)\n")
-L.append("| arm | BPF us per connection (both ends) | invocations per connection | BPF ns per MB of bulk |\n|---|---|---|---|")
-for arm in ["floor", "flowtel"]:
+L.append("flowtel_nat's churn is DNATed: every connection reversed in the kernel. floor_nat adds an empty "
+         "cgroup_skb egress program to floor's empty sock_ops: bpf_stats' own cost per call.\n")
+L.append("| arm | BPF us per connection (both ends) | invocations per connection | BPF ns per MB of bulk | agent CPU us per connection | egress calls per MB of bulk | egress ns per call (bulk) |\n|---|---|---|---|---|---|---|")
+for arm in STATS_ARMS:
+    if arm not in kc:
+        continue
     k = kc[arm]
-    L.append(f"| {arm} | {fmt(k['bpf_us_per_connection'], digits=2)} | {fmt(k['invocations_per_connection'], digits=1)} | {fmt(k['bpf_ns_per_mb_bulk'], digits=0)} |")
-L.append("\n| program | ns per call | calls per connection | us per connection |\n|---|---|---|---|")
-for arm in ["floor", "flowtel"]:
+    L.append(f"| {arm} | {fmt(k['bpf_us_per_connection'], digits=2)} | {fmt(k['invocations_per_connection'], digits=1)} | {fmt(k['bpf_ns_per_mb_bulk'], digits=0)} "
+             f"| {fmt(k['agent_cpu_us_per_connection'], digits=2)} | {fmt(k['bulk_egress']['calls_per_mb'], digits=1)} | {fmt(k['bulk_egress']['ns_per_call'])} |")
+L.append("\n| arm | program | ns per call | calls per connection | us per connection |\n|---|---|---|---|---|")
+for arm in STATS_ARMS:
+    if arm not in kc:
+        continue
     for name, p in kc[arm]["programs"].items():
-        L.append(f"| {name} | {fmt(p['ns_per_call'])} | {fmt(p['calls_per_connection'], digits=2)} | {fmt(p['us_per_connection'], digits=2)} |")
+        L.append(f"| {arm} | {name} | {fmt(p['ns_per_call'])} | {fmt(p['calls_per_connection'], digits=2)} | {fmt(p['us_per_connection'], digits=2)} |")
 L.append("\n## Many live sockets (flowtel, trickle of 20 writes/s per 8k sockets)\n")
 L.append("| sockets | CPU % of one core | user s | system s | window s | RSS MB | poll ms |\n|---|---|---|---|---|---|---|")
 for count, v in idle.items():

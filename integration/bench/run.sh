@@ -7,11 +7,15 @@
 #   none     no agent
 #   floor    an empty sock_ops program on the same cgroup (bpftool)
 #   flowtel  `flowtel run` exporting over OTLP to a real receiver (rotel)
+#   flowtel_nat  the same with NAT reversal on (its egress program attached); the throughput
+#            loads are not DNATed: what NAT reversal costs everything else
 #   classic  libbpf-tools tcplife + tcpstates together
 # Loads: loopback connection churn (integration/bench/loadgen.rs, closed loop), iperf3 bulk (1 and
 # 4 streams), and many idle-but-open connections with a slow trickle (flowtel only: its CPU, poll
 # time and RSS). Kernel cost comes from kernel.bpf_stats_enabled, in separate runs so that the
-# stats do not slow the throughput arms. A loss run checks that flowtel counts every connection
+# stats do not slow the throughput arms; there, flowtel_nat's churn goes through an nftables DNAT
+# rule (127.77.0.1:80 -> the churn's server), so that every connection is reversed, and
+# floor_nat adds an empty cgroup_skb egress program to the empty sock_ops one. A loss run checks that flowtel counts every connection
 # of a long churn, or counts what it could not keep.
 #
 # Writes DIR/report.md and DIR/results.json (every figure) and prints a summary table. Asserts
@@ -55,13 +59,15 @@ RESULTS=$OUT/results.jsonl
 : > "$RESULTS"
 cgroup=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 old_stats=$(sysctl -n kernel.bpf_stats_enabled)
-agent_pid="" rotel_pid="" pin="" classic_pids="" idle_pids=""
+agent_pid="" rotel_pid="" pin="" pin_egress="" classic_pids="" idle_pids=""
+NAT_TABLE=flowtel_bench_dnat_$$
 
 cleanup() {
   stop_arm || true
   [ -n "$rotel_pid" ] && { kill "$rotel_pid" 2>/dev/null; wait "$rotel_pid" 2>/dev/null; } || true
   for p in $idle_pids; do kill "$p" 2>/dev/null || true; done
   pkill -f "iperf3 -s -p 5299" 2>/dev/null || true
+  nft delete table ip "$NAT_TABLE" 2>/dev/null || true
   sysctl -qw kernel.bpf_stats_enabled="$old_stats"
   rm -rf "$work"
 }
@@ -76,6 +82,12 @@ __attribute__((section("sockops"), used)) int flowtel_floor(struct bpf_sock_ops 
 char LICENSE[] __attribute__((section("license"), used)) = "GPL";
 C
 clang -O2 -g -target bpf -I "bpf/vmlinux/$(uname -m)" -c "$work/empty.bpf.c" -o "$work/empty.bpf.o"
+cat > "$work/empty_egress.bpf.c" <<'C'
+#include "vmlinux.h"
+__attribute__((section("cgroup_skb/egress"), used)) int flowtel_floor_eg(struct __sk_buff *skb) { return 1; }
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+C
+clang -O2 -g -target bpf -I "bpf/vmlinux/$(uname -m)" -c "$work/empty_egress.bpf.c" -o "$work/empty_egress.bpf.o"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OTLP_PORT=$(free_port)
@@ -83,6 +95,13 @@ OTLP_PORT=$(free_port)
   --exporter blackhole >"$work/rotel.log" 2>&1 &
 rotel_pid=$!
 iperf3 -s -p 5299 -D >/dev/null 2>&1 || true
+# the NAT arm's churn: every connection to 127.77.0.1:80 goes to the churn's server
+NAT_PORT=$(free_port)
+nft -f - <<NFT
+add table ip $NAT_TABLE
+add chain ip $NAT_TABLE out { type nat hook output priority -100; policy accept; }
+add rule ip $NAT_TABLE out ip daddr 127.77.0.1 tcp dport 80 dnat to 127.0.0.1:$NAT_PORT
+NFT
 
 record() { echo "$1" >> "$RESULTS"; }
 
@@ -92,9 +111,11 @@ import os, sys
 f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split()
 hz = os.sysconf("SC_CLK_TCK"); print(int(f[11]) / hz, int(f[12]) / hz)' "$1"; }
 hwm_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
+# CPU nanoseconds of a process, all threads (schedstat: finer than the clock ticks of /stat)
+cpu_ns_of() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d\n", s }'; }
 
 start_flowtel() {
-  env -u FLOWTEL_CONFIG OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" \
+  env -u FLOWTEL_CONFIG OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" "$@" \
     FLOWTEL_EXPORT__FILE_PATH="$work/export.jsonl" FLOWTEL_EXPORT__INTERVAL_SECS=5 \
     FLOWTEL_RUN__SUMMARY_INTERVAL_SECS=1 FLOWTEL_LOG=info "$BIN" run 2>"$work/agent.log" &
   agent_pid=$!
@@ -110,6 +131,12 @@ start_arm() {
       bpftool prog load "$work/empty.bpf.o" "$pin" type sockops
       bpftool cgroup attach "$cgroup" sock_ops pinned "$pin" multi ;;
     flowtel) rm -f "$work/export.jsonl"; start_flowtel ;;
+    flowtel_nat) rm -f "$work/export.jsonl"; start_flowtel 'FLOWTEL_NAT__DESTINATIONS=["127.77.0.0/16"]' ;;
+    floor_nat)
+      start_arm floor
+      pin_egress=/sys/fs/bpf/flowtel_bench_floor_eg_$$
+      bpftool prog load "$work/empty_egress.bpf.o" "$pin_egress" type cgroup/skb
+      bpftool cgroup attach "$cgroup" egress pinned "$pin_egress" multi ;;
     classic)
       tcplife >/dev/null 2>"$work/tcplife.err" & classic_pids="$!"
       tcpstates >/dev/null 2>"$work/tcpstates.err" & classic_pids="$classic_pids $!"
@@ -123,6 +150,7 @@ start_arm() {
 stop_arm() {
   if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; agent_pid=""; fi
   if [ -n "$pin" ]; then bpftool cgroup detach "$cgroup" sock_ops pinned "$pin" 2>/dev/null || true; rm -f "$pin"; pin=""; fi
+  if [ -n "$pin_egress" ]; then bpftool cgroup detach "$cgroup" egress pinned "$pin_egress" 2>/dev/null || true; rm -f "$pin_egress"; pin_egress=""; fi
   if [ -n "$classic_pids" ]; then
     for p in $classic_pids; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     classic_pids=""
@@ -134,7 +162,7 @@ import json, sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_se
 
 # ------------------------------------------------------------------ interleaved throughput
 for round in $(seq "$ROUNDS"); do
-  for arm in none floor flowtel classic; do
+  for arm in none floor flowtel flowtel_nat classic; do
     start_arm "$arm"
     [ "$arm" = flowtel ] && read -r u0 s0 < <(cpu_of "$agent_pid")
     t0=$(date +%s.%N)
@@ -169,15 +197,21 @@ print(json.dumps({n: {"ns": b[n][0] - a.get(n, (0, 0))[0], "calls": b[n][1] - a.
 
 sysctl -qw kernel.bpf_stats_enabled=1
 for round in $(seq "$ROUNDS"); do
-  for arm in floor flowtel; do
+  for arm in floor floor_nat flowtel flowtel_nat; do
     start_arm "$arm"
-    prefix=$([ "$arm" = floor ] && echo flowtel_floor || echo flowtel_)
-    a=$(prog_stats "$prefix"); churn=$("$LOADGEN" churn "$STATS_SECS" "$WORKERS"); b=$(prog_stats "$prefix")
+    prefix=$(case "$arm" in floor*) echo flowtel_floor ;; *) echo flowtel_ ;; esac)
+    churn_env=()
+    [ "$arm" = flowtel_nat ] && churn_env=(LOADGEN_PORT="$NAT_PORT" LOADGEN_CONNECT=127.77.0.1:80)
+    agent_ns0=0 agent_ns1=0
+    [ -n "$agent_pid" ] && agent_ns0=$(cpu_ns_of "$agent_pid")
+    a=$(prog_stats "$prefix"); churn=$(env "${churn_env[@]}" "$LOADGEN" churn "$STATS_SECS" "$WORKERS"); b=$(prog_stats "$prefix")
+    # the agent drains and reports the churn's last interval before its CPU is read
+    [ -n "$agent_pid" ] && { sleep 1.5; agent_ns1=$(cpu_ns_of "$agent_pid"); }
     churn_stats=$(stats_delta "$a" "$b")
     a=$(prog_stats "$prefix")
     bytes=$(iperf3 -c 127.0.0.1 -p 5299 -t "$STATS_SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"])')
     b=$(prog_stats "$prefix")
-    record "{\"kind\":\"bpf_stats\",\"round\":$round,\"arm\":\"$arm\",\"churn\":$churn,\"churn_progs\":$churn_stats,\"bulk_bytes\":$bytes,\"bulk_progs\":$(stats_delta "$a" "$b")}"
+    record "{\"kind\":\"bpf_stats\",\"round\":$round,\"arm\":\"$arm\",\"churn\":$churn,\"churn_progs\":$churn_stats,\"agent_cpu_ns\":$((agent_ns1 - agent_ns0)),\"bulk_bytes\":$bytes,\"bulk_progs\":$(stats_delta "$a" "$b")}"
     stop_arm
   done
 done

@@ -179,6 +179,8 @@ pub struct Sampler {
     walk_link: Link,
     /// The inner pair map currently receiving folds: false = pairs_a.
     active_is_b: bool,
+    /// Swaps so far, as the programs read them (flowtel_swaps).
+    swaps: u32,
     namespaces: netns::Namespaces,
     overflow_seen: FlowCounters,
     target: CgroupTarget,
@@ -303,6 +305,7 @@ impl Sampler {
             _close_links: close_links,
             walk_link,
             active_is_b: false,
+            swaps: 0,
             namespaces: netns::Namespaces::default(),
             overflow_seen: FlowCounters::default(),
             target,
@@ -389,7 +392,8 @@ impl Sampler {
     /// whose update returns only after an RCU grace period, so that no program still folds
     /// into the map about to be drained.
     fn swap_pair_maps(&mut self) -> Result<(), SamplerError> {
-        let to_b = !self.active_is_b;
+        let swaps = self.swaps.wrapping_add(1);
+        let to_b = swaps & 1 == 1;
         let bss = self
             .skel
             .maps
@@ -397,7 +401,7 @@ impl Sampler {
             .as_deref_mut()
             .ok_or(SamplerError::Object("no .bss section"))?;
         // SAFETY: an aligned u32 in the mmapped .bss that the programs read and never write.
-        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!(bss.flowtel_active_b), u32::from(to_b)) };
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!(bss.flowtel_swaps), swaps) };
         let next = if to_b {
             &self.skel.maps.pairs_b
         } else {
@@ -413,6 +417,7 @@ impl Sampler {
                 source,
             })?;
         self.active_is_b = to_b;
+        self.swaps = swaps;
         Ok(())
     }
 
