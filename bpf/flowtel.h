@@ -21,7 +21,7 @@ enum flowtel_limit {
 	/* NAT-destination prefixes (ClusterIPs, configured CIDRs). */
 	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
 	/* Live DNATed client connections remembered by default (nat.peer_map_capacity). */
-	FLOWTEL_NAT_PEER_ENTRIES = 65536,
+	FLOWTEL_NAT_PEER_ENTRIES = 16384,
 };
 
 enum flowtel_role {

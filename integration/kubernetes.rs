@@ -285,6 +285,71 @@ fn an_ipv6_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address
     dnat_flow(V6);
 }
 
+/// The newest export's `flowtel.agent.dropped` for `reason`.
+fn dropped(path: &std::path::Path, reason: &str) -> i64 {
+    file_exports(path)
+        .last()
+        .and_then(|e| {
+            e.iter()
+                .find(|p| p.metric == "flowtel.agent.dropped" && p.attr("flowtel.drop.reason") == Some(reason))
+                .map(|p| p.value)
+        })
+        .unwrap_or(0)
+}
+
+/// With room for one live DNATed connection, a second one open at the same time stays under the
+/// address it connected to, and is counted; nothing of it is lost.
+#[test]
+fn a_full_nat_peer_map_is_counted_and_loses_no_bytes() {
+    let _serial = serial();
+    let lab = DnatLab::new(V4);
+    lab.backend();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("metrics.jsonl");
+    let (mut agent, _log) = start_agent(&[
+        ("FLOWTEL_NAT__DESTINATIONS", "[\"10.207.0.0/24\"]".into()),
+        ("FLOWTEL_NAT__PEER_MAP_CAPACITY", "1".into()),
+        ("FLOWTEL_EXPORT__FILE_PATH", path.display().to_string()),
+        ("FLOWTEL_EXPORT__INTERVAL_SECS", "1".into()),
+    ]);
+    let mut first = std::net::TcpStream::connect(V4.service_addr()).expect("first connection");
+    let mut second = std::net::TcpStream::connect(V4.service_addr()).expect("second connection");
+    std::io::Write::write_all(&mut first, &[1u8; 300]).expect("write");
+    std::io::Write::write_all(&mut second, &[2u8; 500]).expect("write");
+    drop(first);
+    drop(second);
+    let under_service = |path: &std::path::Path| -> i64 {
+        file_exports(path)
+            .last()
+            .map(|e| {
+                transmitted(
+                    &e.iter()
+                        .filter(|p| {
+                            p.metric == "flowtel.tcp.bytes"
+                                && p.attr("network.tcp.handshake.role") == Some("client")
+                                && p.attr("network.peer.address") == Some(SERVICE_IP)
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or(0)
+    };
+    wait_for("both connections' bytes exported", Duration::from_secs(10), || {
+        transmitted(&backend_points(&path, "flowtel.tcp.bytes")) + under_service(&path) == 800
+    });
+    stop(&mut agent);
+    drop(lab);
+    assert_eq!(
+        transmitted(&backend_points(&path, "flowtel.tcp.bytes")),
+        300,
+        "the first, reversed"
+    );
+    assert_eq!(under_service(&path), 500, "the second, under the service address");
+    assert_eq!(dropped(&path, "nat_unstored"), 1);
+    assert_eq!(reversals(&path, "kernel"), 1);
+}
+
 /// A connection opened before the agent started: the kernel never saw its SYN, so user space
 /// asks conntrack, and its bytes written afterwards still land under the backend.
 #[test]

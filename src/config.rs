@@ -71,12 +71,27 @@ pub struct Config {
 /// `[nat]`: client connections to these destinations are looked up in the kernel's conntrack
 /// table and attributed to the real peer behind the DNAT. Kubernetes ClusterIPs are added
 /// automatically when the API server is used.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatSection {
-    /// CIDRs, such as the cluster's service range ("10.96.0.0/12"); "0.0.0.0/0" reverses every
-    /// DNAT, at the cost of one kernel pair-map entry per connection instead of one per pair.
+    /// CIDRs that may be DNATed, such as the cluster's service range ("10.96.0.0/12"). Listing
+    /// any turns NAT reversal on: then every DNATed connection is reversed in the kernel as it
+    /// opens, whatever its destination, and connections to these that predate the agent are
+    /// looked up in conntrack.
     pub destinations: Vec<ipnet::IpNet>,
+    /// Live DNATed client connections the kernel remembers (preallocated, 24 bytes each plus
+    /// the map's overhead); beyond it a connection stays under the address it connected to,
+    /// counted as dropped (`nat_unstored`).
+    pub peer_map_capacity: u32,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        Self {
+            destinations: Vec::new(),
+            peer_map_capacity: crate::sampler::DEFAULT_NAT_PEER_MAP_CAPACITY,
+        }
+    }
 }
 
 /// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
@@ -273,6 +288,7 @@ impl Config {
         for (name, value) in [
             ("sampler.pair_map_capacity", s.pair_map_capacity),
             ("sampler.listener_map_capacity", s.listener_map_capacity),
+            ("nat.peer_map_capacity", self.nat.peer_map_capacity),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -311,6 +327,7 @@ impl Config {
             // `flowtel run` also turns it on when it watches the Kubernetes API (ClusterIPs)
             nat: !self.nat.destinations.is_empty(),
             nat_destinations: self.nat.destinations.clone(),
+            nat_peer_map_capacity: self.nat.peer_map_capacity,
         }
     }
 
@@ -455,6 +472,18 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flowtel.toml");
         let config = Config::load(Some(&path), vars(&[])).expect("config/flowtel.toml loads");
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn a_nat_peer_map_of_no_entries_is_refused() {
+        let err = Config::load(None, vars(&[("FLOWTEL_NAT__PEER_MAP_CAPACITY", "0")])).expect_err("zero entries");
+        assert_eq!(err.to_string().lines().count(), 1);
+        assert!(
+            err.to_string().contains("nat.peer_map_capacity must be at least 1"),
+            "{err}"
+        );
+        let config = Config::load(None, vars(&[("FLOWTEL_NAT__PEER_MAP_CAPACITY", "64")])).expect("a capacity");
+        assert_eq!(config.sampler_config().nat_peer_map_capacity, 64);
     }
 
     #[test]

@@ -50,6 +50,9 @@ use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
 /// Pair-map capacity: distinct pairs folded within one poll interval, per inner map. Limits come
 /// from `enum flowtel_limit` in bpf/flowtel.h, their one definition.
 pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MAP_ENTRIES.0;
+/// Live DNATed client connections the kernel remembers by default (nat_peers); beyond it, a
+/// connection stays under the address it connected to (counted: `nat_unstored`).
+pub const DEFAULT_NAT_PEER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
 /// Listening sockets remembered within one walk.
 pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_LISTENER_MAP_ENTRIES.0;
 // the flow model keeps the kernel's histogram layout: a different bucket count fails the build
@@ -97,6 +100,8 @@ pub struct SamplerConfig {
     /// changes the list later (Kubernetes ClusterIPs come and go).
     pub nat: bool,
     pub nat_destinations: Vec<ipnet::IpNet>,
+    /// Live DNATed client connections the kernel remembers (nat_peers).
+    pub nat_peer_map_capacity: u32,
 }
 
 impl Default for SamplerConfig {
@@ -109,6 +114,7 @@ impl Default for SamplerConfig {
             walk_interval: Duration::ZERO,
             nat: false,
             nat_destinations: Vec::new(),
+            nat_peer_map_capacity: DEFAULT_NAT_PEER_MAP_CAPACITY,
         }
     }
 }
@@ -226,7 +232,7 @@ impl Sampler {
             // preallocated: no memory for it unless NAT reversal is on
             (
                 &mut open.maps.nat_peers,
-                if config.nat { NAT_PEERS_CAPACITY } else { 1 },
+                if config.nat { config.nat_peer_map_capacity } else { 1 },
             ),
         ];
         for (map, capacity) in sizing {
@@ -518,10 +524,6 @@ fn fill_nat_destinations(
     }
     (kept, left_out)
 }
-
-/// Live DNATed client connections the kernel remembers at most (nat_peers); beyond it, a
-/// connection stays under the address it connected to (counted: `nat_unstored`).
-pub const NAT_PEERS_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
 
 /// Prefixes the kernel's NAT-destination map holds at most (its max_entries).
 pub const NAT_DESTINATIONS_CAPACITY: usize = types::flowtel_limit::FLOWTEL_NAT_DESTINATION_ENTRIES.0 as usize;
