@@ -94,7 +94,7 @@ impl Default for NatSection {
     }
 }
 
-/// `[health]`: see the README's "Network health" for the algorithm and how to tune each key.
+/// `[health]`: see docs/health.md for the algorithm and how to tune each key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {

@@ -1,7 +1,7 @@
 //! `[resources]`: the operator's networks, this host's placement, and the service lists, plus
 //! the classification of a flow pair's two ends against them.
 //!
-//! Classification rules (the README's "Resources, categories and monitors" repeats them):
+//! Classification rules (docs/resources.md repeats them):
 //! 1. The local end is placed by the longest configured network holding the local address; the
 //!    host's own zone, region, VPC fill what the network does not say. Loopback is the host.
 //! 2. The peer is placed by the longest configured network holding its address (a loopback or

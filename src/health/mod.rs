@@ -4,7 +4,7 @@
 //! Pure: the table and the evaluation time come in; findings and transitions go out. It never
 //! logs or exports itself.
 //!
-//! The algorithm, every threshold and how to tune it are in the README ("Network health").
+//! The algorithm, every threshold and how to tune it are in docs/health.md.
 mod baseline;
 mod rules;
 

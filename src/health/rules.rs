@@ -6,7 +6,7 @@
 //! of `n` data segments, so many segments weigh more than few, and the sum is kept between 0 and
 //! twice the decision level. It crosses the level only when the pooled evidence says H1 is
 //! about 1000 times likelier than H0, stays above it for as long as the excess lasts, and falls
-//! below it as soon as clean segments outweigh it. The README ("Network health") explains the
+//! below it as soon as clean segments outweigh it. docs/health.md explains the
 //! choice.
 use super::baseline::Baseline;
 use super::{Evidence, IntervalStats, RttEvidence};
