@@ -876,7 +876,7 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	struct tcp_sock *tp;
 	__u32 real[4] = {};
 	__be16 real_port = 0;
-	bool dnat = false;
+	bool dnat = false, first;
 
 	if (!bsk)
 		return 1;
@@ -917,21 +917,31 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	} else {
 		return 1;
 	}
+	/* A first SYN (no retransmit yet) starts a connection: what an earlier connection of the
+	 * same socket (connect() again after a disconnect) left is replaced or removed. A
+	 * retransmitted SYN finds its entry already there. */
+	first = !tp->total_retrans;
 	if (dnat) {
 		__u64 cookie = bpf_get_socket_cookie(skb);
 
 		__builtin_memcpy(peer.addr, real, 16);
 		peer.port = bpf_ntohs(real_port);
-		/* a retransmitted SYN finds its entry already there */
-		if (bpf_map_update_elem(&nat_peers, &cookie, &peer, BPF_NOEXIST) == 0)
-			count(FLOWTEL_CTR_NAT_REVERSED);
-		else if (!bpf_map_lookup_elem(&nat_peers, &cookie)) {
+		if (bpf_map_update_elem(&nat_peers, &cookie, &peer, first ? BPF_ANY : BPF_NOEXIST) == 0) {
+			if (first)
+				count(FLOWTEL_CTR_NAT_REVERSED);
+		} else if (!bpf_map_lookup_elem(&nat_peers, &cookie)) {
 			count(FLOWTEL_CTR_NAT_UNSTORED);
 			peer.port = 0;
 		}
+	} else if (first) {
+		/* only a socket with a cookie can have an entry; most have none */
+		__u64 cookie = cookie_if_any((struct sock *)tp);
+
+		if (cookie)
+			bpf_map_delete_elem(&nat_peers, &cookie);
 	}
 	/* a retransmitted SYN leaves from a timer, in no process of the connection's */
-	if (tp->total_retrans)
+	if (!first)
 		return 1;
 	key_from_sock((struct sock *)tp, &key, FLOWTEL_ROLE_CLIENT, peer.port ? &peer : NULL);
 	note_owner(&key, tp);
