@@ -36,7 +36,7 @@
  * give the exact phase of each retransmit without per-socket memory. They also mark the socket
  * as ours (in the attached cgroup) for the close fold, which runs once per socket on the
  * tcp_destroy_sock tracepoint: a STATE_CB flag would cost eight sock_ops calls per connection,
- * more than the fold itself (README, "Performance"). */
+ * more than the fold itself (docs/performance.md). */
 #define FLOWTEL_CB_TRACKED (BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG)
 /* A client's handshake only: a failed connect is classified at its SYN_SENT -> CLOSE transition,
  * while the error is still on the socket (connect() hands it to the application and clears it
@@ -125,7 +125,7 @@ struct {
  * egress program, read by every later key of the socket, deleted when it is destroyed. Only
  * DNATed connections (and ones that predate the agent to NAT destinations) have an entry.
  * Preallocated: an entry is made per connection, and a non-preallocated map's allocation costs
- * more than the rest of the connection's BPF time (README, "Performance"). Sized at load (1 when
+ * more than the rest of the connection's BPF time (docs/performance.md). Sized at load (1 when
  * NAT reversal is off). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -34,8 +34,8 @@ impl Reason {
     }
 }
 
-/// Every knob of the health rules, as `[health.thresholds]` in the configuration. The README
-/// explains each one and how to tune it.
+/// Every knob of the health rules, as `[health.thresholds]` in the configuration.
+/// docs/health.md explains each one and how to tune it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthThresholds {
