@@ -274,35 +274,47 @@ fn unit_capabilities() -> String {
         .join(",")
 }
 
-#[test]
-fn the_units_capability_set_loads_attaches_and_exports_as_an_unprivileged_user() {
-    let _serial = serial();
+/// The unit's SystemCallFilter= line, as written.
+fn unit_system_call_filter() -> String {
+    let unit = std::fs::read_to_string(repo("docker/systemd/flowtel.service")).expect("unit");
+    unit.lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .expect("SystemCallFilter in the unit")
+        .to_string()
+}
+
+/// The agent as the unit runs it: an unprivileged user with exactly the unit's capabilities and
+/// no_new_privs, and, given a SystemCallFilter= value, under that allow-list (anything else kills
+/// it with SIGSYS, as under systemd). Exports to a file in `dir` every second.
+fn spawn_as_the_unit(dir: &Path, system_call_filter: Option<&str>) -> (Reaped, PathBuf) {
     let caps = unit_capabilities();
-    assert_eq!(caps, "+bpf,+perfmon,+net_admin,+sys_admin,+sys_ptrace");
     // a copy nobody can execute, and a directory nobody can write
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
-    let binary = dir.path().join("flowtel");
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let binary = dir.join("flowtel");
     std::fs::copy(BIN, &binary).expect("copy the binary");
-    let metrics = dir.path().join("metrics.jsonl");
-    let mut agent = Reaped(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"])
-            .arg(format!("--inh-caps=-all,{caps}"))
-            .arg(format!("--ambient-caps=-all,{caps}"))
-            .arg(format!("--bounding-set=-all,{caps}"))
-            .arg(&binary)
-            .arg("run")
-            .env_remove("FLOWTEL_CONFIG")
-            .env("FLOWTEL_EXPORT__FILE_PATH", &metrics)
-            .env("FLOWTEL_EXPORT__INTERVAL_SECS", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("setpriv runs"),
-    );
-    let _log = wait_attached(&mut agent.0);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).expect("status");
-    assert!(status.contains("Uid:\t65534"), "runs as nobody: {status}");
+    let metrics = dir.join("metrics.jsonl");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"])
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"));
+    if let Some(filter) = system_call_filter {
+        // beside the binary: readable by the unprivileged user wherever the repository is
+        let wrapper = dir.join("seccomp_exec.py");
+        std::fs::copy(repo("integration/support/seccomp_exec.py"), &wrapper).expect("copy the wrapper");
+        cmd.arg("/usr/bin/python3").arg(&wrapper).arg(filter);
+    }
+    cmd.arg(&binary)
+        .arg("run")
+        .env_remove("FLOWTEL_CONFIG")
+        .env("FLOWTEL_EXPORT__FILE_PATH", &metrics)
+        .env("FLOWTEL_EXPORT__INTERVAL_SECS", "1")
+        .stderr(Stdio::piped());
+    (Reaped(cmd.spawn().expect("setpriv runs")), metrics)
+}
+
+/// A 4321-byte exchange on loopback, and its export in `metrics` (20 s at most).
+fn exchange_is_exported(metrics: &Path) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::scope(|s| {
@@ -318,7 +330,7 @@ fn the_units_capability_set_loads_attaches_and_exports_as_an_unprivileged_user()
     let deadline = Instant::now() + Duration::from_secs(20);
     let needle = format!("\"intValue\":\"{port}\"");
     loop {
-        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let text = std::fs::read_to_string(metrics).unwrap_or_default();
         if text
             .lines()
             .last()
@@ -329,6 +341,51 @@ fn the_units_capability_set_loads_attaches_and_exports_as_an_unprivileged_user()
         assert!(Instant::now() < deadline, "no export of the 4321-byte exchange");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn the_units_capability_set_loads_attaches_and_exports_as_an_unprivileged_user() {
+    let _serial = serial();
+    assert_eq!(unit_capabilities(), "+bpf,+perfmon,+net_admin,+sys_admin,+sys_ptrace");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut agent, metrics) = spawn_as_the_unit(dir.path(), None);
+    let _log = wait_attached(&mut agent.0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).expect("status");
+    assert!(status.contains("Uid:\t65534"), "runs as nobody: {status}");
+    exchange_is_exported(&metrics);
+}
+
+/// The unit's system-call filter, applied as systemd applies it: the agent starts, attaches,
+/// exports and stops cleanly on SIGTERM (its final export included) without one system call
+/// outside the allow-list; and the filter is really in force: without `bpf` in it, the same
+/// agent is killed by SIGSYS.
+#[test]
+fn the_units_system_call_filter_lets_the_agent_run_export_and_stop() {
+    let _serial = serial();
+    let filter = unit_system_call_filter();
+    assert_eq!(filter, "@system-service @basic-io bpf setns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut agent, metrics) = spawn_as_the_unit(dir.path(), Some(&filter));
+    let log = wait_attached(&mut agent.0);
+    exchange_is_exported(&metrics);
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = agent.0.wait().expect("the agent exits");
+    drop(log);
+    assert!(
+        status.success(),
+        "the agent under the unit's filter ended with {status:?}"
+    );
+
+    let without_bpf = filter.replace(" bpf", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut agent, _) = spawn_as_the_unit(dir.path(), Some(&without_bpf));
+    let status = agent.0.wait().expect("the agent exits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGSYS),
+        "without bpf in the filter the agent must be killed by SIGSYS: {status:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------- Debian package

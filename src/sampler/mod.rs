@@ -201,6 +201,13 @@ impl Sampler {
     /// Checks the host, loads, and attaches. Errors name the fix.
     pub fn start(config: SamplerConfig) -> Result<Self, SamplerError> {
         preflight::check()?;
+        if let Some(bytes) = preflight::raise_memlock_limit() {
+            // only kernels before 5.11 charge maps to it; newer ones charge the memory cgroup
+            tracing::debug!(
+                memlock_limit_bytes = bytes,
+                "RLIMIT_MEMLOCK soft limit at its hard limit"
+            );
+        }
         let target = cgroup::resolve(config.cgroup_path.as_deref())?;
         route_libbpf_logs();
 

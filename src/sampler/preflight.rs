@@ -27,6 +27,33 @@ pub(super) fn check() -> Result<(), SamplerError> {
     Ok(())
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB to 8 MiB) is far
+/// below what the pair maps take. libbpf asks for an unlimited limit there, which fails without
+/// CAP_SYS_RESOURCE when the hard limit is finite; raising the soft limit to the hard one needs
+/// no privilege. Returns the limit in force afterwards (bytes; None for unlimited).
+pub(super) fn raise_memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a plain struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
 /// Whether the calling thread holds capability `bit` now. Capabilities are per thread, and
 /// the agent's threads hold different sets: /proc/self/status would show the main thread's.
 pub(super) fn has_capability(bit: u32) -> bool {
@@ -63,6 +90,27 @@ mod tests {
     fn root_has_everything() {
         let status = "Name:\tflowtel\nCapEff:\t000001ffffffffff\n";
         assert_eq!(missing_caps(effective_caps(status).unwrap_or(0)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_memlock_soft_limit_rises_to_the_hard_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with valid pointers; lowering the soft limit needs no
+        // privilege and raising it back to the hard limit is what the code under test does.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit), 0);
+            let lowered = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: limit.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &lowered), 0);
+        }
+        let after = raise_memlock_limit();
+        let expected = (limit.rlim_max != libc::RLIM_INFINITY).then_some(limit.rlim_max);
+        assert_eq!(after, expected);
     }
 
     #[test]
