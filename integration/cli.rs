@@ -356,3 +356,46 @@ fn run_writes_otlp_json_lines_that_decode_to_the_measured_bytes() {
     assert!(resource.attributes.iter().any(|a| a.key == "service.name"
         && a.value.as_ref().and_then(|v| v.value.clone()) == Some(Value::StringValue("flowtel".into()))));
 }
+
+/// `flowtel probe` is the container health check: it exits 0 once a running agent's /readyz
+/// answers 200 (and `--live` asks /healthz), and with no agent there it is one line and exit 1.
+#[test]
+fn probe_asks_a_running_agents_readiness_and_fails_in_one_line_without_one() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("FLOWTEL_PROBES__LISTEN", listen.as_str())];
+    assert_one_line_error(&flowtel(&["probe"], &env), "no agent answered");
+
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env_remove("FLOWTEL_CONFIG")
+        .env("FLOWTEL_PROBES__ENABLED", "true")
+        .env("FLOWTEL_PROBES__LISTEN", &listen)
+        .env("FLOWTEL_SAMPLER__POLL_INTERVAL_MS", "200")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtel run starts");
+    let _stderr = wait_attached(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        let out = flowtel(&["probe"], &env);
+        if out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never ready: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let body = String::from_utf8_lossy(&ready.stdout);
+    assert!(
+        body.contains("\"ok\":true") && body.contains("\"attached\":true"),
+        "the /readyz body: {body}"
+    );
+    let live = flowtel(&["probe", "--live"], &env);
+    assert!(live.status.success(), "{live:?}");
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().expect("flowtel exits").success());
+}

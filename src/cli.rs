@@ -56,6 +56,13 @@ pub enum Command {
         #[arg(long, value_name = "CATEGORY", requires = "top")]
         category: Option<Category>,
     },
+    /// Ask a running agent's /readyz (or /healthz) on [probes] listen: exit 0 when it answers
+    /// 200, 1 otherwise. For container health checks in images without curl
+    Probe {
+        /// Ask /healthz (live) instead of /readyz (ready)
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 impl Cli {
@@ -85,6 +92,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top { once } => crate::views::top::run(config, once).await,
+        Command::Probe { live } => {
+            let body = crate::agent::probes::ask(&config.probes, live).await?;
+            println!("{body}");
+            Ok(())
+        }
         Command::Snapshot {
             seconds,
             json,

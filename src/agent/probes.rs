@@ -59,7 +59,58 @@ pub struct AgentProbe {
     progress: Mutex<Progress>,
 }
 
-/// One verdict with its reasons, as `/healthz` and `/readyz` return it.
+/// Why `flowtel probe` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("probes.listen = {listen:?} is not an address:port: fix [probes] listen (FLOWTEL_PROBES__LISTEN)")]
+    Listen { listen: String },
+    #[error("no agent answered on {url}: is flowtel run up with [probes] enabled = true?")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}: {body}")]
+    NotOk { url: String, status: u16, body: String },
+}
+
+/// Asks a running agent's `/readyz` (or `/healthz` when `live`) on `[probes] listen`, as a
+/// container health check would: the body when it answers 200, an error otherwise. An agent
+/// listening on every address is asked on loopback.
+pub async fn ask(probes: &ProbesSection, live: bool) -> Result<String, AskError> {
+    let mut addr: std::net::SocketAddr = probes.listen.parse().map_err(|_| AskError::Listen {
+        listen: probes.listen.clone(),
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{addr}/{}", if live { "healthz" } else { "readyz" });
+    let unreachable = |source| AskError::Unreachable {
+        url: url.clone(),
+        source,
+    };
+    // reqwest is built without a default TLS provider; plain HTTP still needs one installed
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(unreachable)?;
+    let response = client.get(&url).send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(unreachable)?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(AskError::NotOk { url, status, body })
+    }
+}
+
+/// One verdict with its reasons, as `/healthz` and `/readyz` return it./// One verdict with its reasons, as `/healthz` and `/readyz` return it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub ok: bool,
