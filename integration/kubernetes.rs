@@ -197,16 +197,21 @@ fn transmitted(points: &[FilePoint]) -> i64 {
         .sum()
 }
 
-/// The newest export's `flowtel.agent.nat.reversals` on `path` ("kernel" or "conntrack").
-fn reversals(path: &std::path::Path, nat_path: &str) -> i64 {
+/// The newest export's value of the agent's `metric` whose `key` is `value` (0 if absent).
+fn agent_figure(path: &std::path::Path, metric: &str, key: &str, value: &str) -> i64 {
     file_exports(path)
         .last()
         .and_then(|e| {
             e.iter()
-                .find(|p| p.metric == "flowtel.agent.nat.reversals" && p.attr("flowtel.nat.path") == Some(nat_path))
+                .find(|p| p.metric == metric && p.attr(key) == Some(value))
                 .map(|p| p.value)
         })
         .unwrap_or(0)
+}
+
+/// `flowtel.agent.nat.reversals` on `nat_path` ("kernel" or "conntrack").
+fn reversals(path: &std::path::Path, nat_path: &str) -> i64 {
+    agent_figure(path, "flowtel.agent.nat.reversals", "flowtel.nat.path", nat_path)
 }
 
 fn send_to_service(plan: Plan, size: usize) {
@@ -285,16 +290,9 @@ fn an_ipv6_dnat_flow_is_attributed_to_the_backend_and_keeps_the_original_address
     dnat_flow(V6);
 }
 
-/// The newest export's `flowtel.agent.dropped` for `reason`.
+/// `flowtel.agent.dropped` for `reason`.
 fn dropped(path: &std::path::Path, reason: &str) -> i64 {
-    file_exports(path)
-        .last()
-        .and_then(|e| {
-            e.iter()
-                .find(|p| p.metric == "flowtel.agent.dropped" && p.attr("flowtel.drop.reason") == Some(reason))
-                .map(|p| p.value)
-        })
-        .unwrap_or(0)
+    agent_figure(path, "flowtel.agent.dropped", "flowtel.drop.reason", reason)
 }
 
 /// With room for one live DNATed connection, a second one open at the same time stays under the
