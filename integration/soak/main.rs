@@ -312,6 +312,25 @@ fn soak_rss_stays_flat_and_totals_match_the_clients() {
         std::thread::sleep(Duration::from_secs(1));
         last = flowtel_totals(&path, churn, bulk);
     }
+    if last != expected {
+        // for the follow-up: are the churn port's sockets still alive in the kernel, and in
+        // which state (a socket never destroyed is never folded)
+        let sockets = std::process::Command::new("ss")
+            .args([
+                "-tanH",
+                "state",
+                "all",
+                &format!("( sport = :{churn} or dport = :{churn} )"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut states: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for state in sockets.lines().filter_map(|l| l.split_whitespace().next()) {
+            *states.entry(state).or_default() += 1;
+        }
+        eprintln!("churn port {churn} sockets by state, 30 s after the load stopped: {states:?}");
+    }
     stop(&mut agent);
     if last != expected {
         // where did it go: every byte and connection point of the last export
