@@ -183,9 +183,8 @@ pub struct Sampler {
     _nat_link: Option<Link>,
     _close_links: Vec<Link>,
     walk_link: Link,
-    /// The inner pair map currently receiving folds: false = pairs_a.
-    active_is_b: bool,
-    /// Swaps so far, as the programs read them (flowtel_swaps).
+    /// Swaps so far, as the programs read them (flowtel_swaps); its low bit names the inner pair
+    /// map receiving folds (0: pairs_a).
     swaps: u32,
     namespaces: netns::Namespaces,
     overflow_seen: FlowCounters,
@@ -317,7 +316,6 @@ impl Sampler {
             _nat_link: nat_link,
             _close_links: close_links,
             walk_link,
-            active_is_b: false,
             swaps: 0,
             namespaces: netns::Namespaces::default(),
             overflow_seen: FlowCounters::default(),
@@ -357,7 +355,8 @@ impl Sampler {
             self.clear_listeners();
         }
 
-        let drained_is_b = self.active_is_b;
+        // the map that took folds until now: the low bit of the swap count names it
+        let drained_is_b = self.swaps & 1 == 1;
         self.swap_pair_maps()?;
         let inner = if drained_is_b {
             &self.skel.maps.pairs_b
@@ -429,7 +428,6 @@ impl Sampler {
                 what: "swapping the pair maps".into(),
                 source,
             })?;
-        self.active_is_b = to_b;
         self.swaps = swaps;
         Ok(())
     }
