@@ -22,6 +22,11 @@ enum flowtel_limit {
 	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
 	/* Live DNATed client connections remembered by default (nat.peer_map_capacity). */
 	FLOWTEL_NAT_PEER_ENTRIES = 16384,
+	/* DNS payload bytes handed up per answer; a longer one is handed up cut short and counted
+	 * by user space (dns_too_long). Covers EDNS(0)'s usual 1232- and 4096-byte limits. */
+	FLOWTEL_DNS_CAPTURE_BYTES = 4096,
+	/* The DNS answer ring buffer's default size (dns.ring_buffer_bytes resizes it at load). */
+	FLOWTEL_DNS_RING_BYTES = 1048576,
 };
 
 enum flowtel_role {
@@ -64,7 +69,9 @@ enum flowtel_counter {
 	/* connections that predate the agent, to a destination that may be DNATed: keyed with their
 	 * client port for user space's conntrack lookup */
 	FLOWTEL_CTR_NAT_PREEXISTING = 7,
-	FLOWTEL_COUNTERS = 8,
+	/* a DNS answer found the ring buffer full and was not handed up (dns.ring_buffer_bytes) */
+	FLOWTEL_CTR_DNS_RING_FULL = 8,
+	FLOWTEL_COUNTERS = 9,
 };
 
 /* A flow pair: connections collapsed by dropping the client's ephemeral port. */
@@ -153,6 +160,26 @@ struct flowtel_listener_key {
 	__u32 netns;
 	__u16 port;
 	__u16 pad;
+};
+
+/* One DNS message (or TCP segment of one) from port 53, as a socket of the cgroup received it.
+ * Only the first captured_len bytes of payload travel through the ring buffer. */
+struct flowtel_dns_event {
+	/* the receiving socket's cgroup: whose resolution this was */
+	__u64 cgroup_id;
+	/* the answering server and the receiving client (key layout: IPv4 in the first 4 bytes) */
+	__u8 server[16];
+	__u8 client[16];
+	/* TCP: the segment's sequence number, for reassembly; 0 for UDP */
+	__u32 tcp_seq;
+	/* the payload's length on the wire; more than captured_len when cut short */
+	__u32 wire_len;
+	__u16 captured_len;
+	__u16 client_port;  /* host order */
+	__u8 transport;     /* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 ipv6;
+	__u8 pad[2];
+	__u8 payload[FLOWTEL_DNS_CAPTURE_BYTES];
 };
 
 #endif /* __FLOWTEL_H */

@@ -66,6 +66,44 @@ pub struct Config {
     pub kubernetes: KubernetesSection,
     /// `[nat]`: reversing DNAT through conntrack.
     pub nat: NatSection,
+    /// `[dns]`: peers' DNS names, from the answers this host's sockets receive.
+    pub dns: DnsSection,
+}
+
+/// `[dns]`: the name each peer address was resolved from, learned passively from the DNS
+/// answers (UDP and TCP port 53) that the cgroup's sockets receive. See docs/dns.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Capture DNS answers and label pairs with `flowtel.peer.dns.name`.
+    pub enabled: bool,
+    /// An answer's TTL is raised to at least this: applications keep using an address for a
+    /// while after its record expires.
+    pub min_ttl_secs: u64,
+    /// ...and cut to at most this.
+    pub max_ttl_secs: u64,
+    /// Addresses the name cache holds; when full, the names closest to expiry make room,
+    /// counted as dropped (`dns_cache_full`).
+    pub max_entries: usize,
+    /// The kernel's ring buffer for answers between two polls: a power of two and a multiple
+    /// of the page size. Answers arriving at a full ring are counted (`dns_ring_full`).
+    pub ring_buffer_bytes: u32,
+    /// `flowtel top` shows a peer's name instead of its address when known (the `n` key
+    /// toggles it).
+    pub top_shows_names: bool,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_ttl_secs: 60,
+            max_ttl_secs: 3600,
+            max_entries: 16_384,
+            ring_buffer_bytes: crate::sampler::DEFAULT_DNS_RING_BYTES,
+            top_shows_names: true,
+        }
+    }
 }
 
 /// `[nat]`: client connections to these destinations are looked up in the kernel's conntrack
@@ -309,6 +347,25 @@ impl Config {
                 "health.interval_secs, enter_intervals, exit_intervals and baseline_window must be at least 1".into(),
             ));
         }
+        let dns = &self.dns;
+        if dns.enabled {
+            let ring = dns.ring_buffer_bytes;
+            let page = crate::sampler::page_size();
+            if !ring.is_power_of_two() || ring < page {
+                return Err(ConfigError::Invalid(format!(
+                    "dns.ring_buffer_bytes is {ring}; use a power of two of at least the page size ({page}), such as 1048576"
+                )));
+            }
+            if dns.max_entries == 0 {
+                return Err(ConfigError::Invalid("dns.max_entries must be at least 1".into()));
+            }
+            if dns.min_ttl_secs > dns.max_ttl_secs {
+                return Err(ConfigError::Invalid(format!(
+                    "dns.min_ttl_secs ({}) is above dns.max_ttl_secs ({}); the floor must not exceed the ceiling",
+                    dns.min_ttl_secs, dns.max_ttl_secs
+                )));
+            }
+        }
         if self.run.summary_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "run.summary_interval_secs must be at least 1".into(),
@@ -328,6 +385,16 @@ impl Config {
             nat: !self.nat.destinations.is_empty(),
             nat_destinations: self.nat.destinations.clone(),
             nat_peer_map_capacity: self.nat.peer_map_capacity,
+            dns: self.dns.enabled,
+            dns_ring_bytes: self.dns.ring_buffer_bytes,
+        }
+    }
+
+    pub fn dns_cache_config(&self) -> crate::enrich::dns::DnsCacheConfig {
+        crate::enrich::dns::DnsCacheConfig {
+            min_ttl: Duration::from_secs(self.dns.min_ttl_secs),
+            max_ttl: Duration::from_secs(self.dns.max_ttl_secs),
+            max_entries: self.dns.max_entries,
         }
     }
 

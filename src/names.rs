@@ -38,6 +38,8 @@ pub const PEER_SERVICE: &str = "flowtel.peer.service";
 pub const MONITOR: &str = "flowtel.monitor";
 pub const PEER_ORIGINAL_ADDRESS: &str = "flowtel.peer.original.address";
 pub const PEER_ORIGINAL_PORT: &str = "flowtel.peer.original.port";
+/// The name the peer's address was resolved from (the head of any CNAME chain).
+pub const PEER_DNS_NAME: &str = "flowtel.peer.dns.name";
 
 pub const K8S_POD_UID: &str = "k8s.pod.uid";
 pub const CONTAINER_ID: &str = "container.id";
@@ -62,6 +64,8 @@ pub const AGENT_PAIR_MAP_CAPACITY: &str = "flowtel.agent.pair_map.capacity";
 pub const AGENT_DROPPED: &str = "flowtel.agent.dropped";
 pub const AGENT_EXPORT_FAILURES: &str = "flowtel.agent.export.failures";
 pub const AGENT_NAT_REVERSALS: &str = "flowtel.agent.nat.reversals";
+pub const AGENT_DNS_ANSWERS: &str = "flowtel.agent.dns.answers";
+pub const AGENT_DNS_CACHE_ENTRIES: &str = "flowtel.agent.dns.cache.entries";
 pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
 pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
 pub const DROP_REASON: &str = "flowtel.drop.reason";
@@ -89,6 +93,7 @@ pub mod unit {
     pub const ENTRY: &str = "{entry}";
     pub const EVENT: &str = "{event}";
     pub const EXPORT: &str = "{export}";
+    pub const RECORD: &str = "{record}";
     /// Not "1": Prometheus translators suffix a unit-1 gauge with `_ratio`, and the status must
     /// be `flowtel_health_status` on every path.
     pub const STATUS: &str = "{status}";

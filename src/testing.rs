@@ -97,6 +97,7 @@ pub mod series {
             id: SeriesId::Pair(key, context()),
             process: Some("psql".into()),
             original: None,
+            dns_name: None,
             kubernetes: None,
             start: UNIX_EPOCH + Duration::from_secs(T0),
             delta: values.clone(),

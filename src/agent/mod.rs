@@ -77,6 +77,7 @@ fn run_loop(
     sampler_config.nat |= enricher.kubernetes().is_some_and(|k| k.api().is_some());
     let nat_reversal = sampler_config.nat;
     let mut poller = Poller::start(sampler_config, config.flow_table_config())?
+        .with_dns_cache(config.dns_cache_config())
         .with_enricher(Arc::clone(enricher))
         .with_health_from(config);
     probe.attached();

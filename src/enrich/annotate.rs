@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::dns::DnsNames;
 use super::kubernetes::api::ApiIndex;
 use super::kubernetes::{PodAttributes, Rollup};
 use super::{Enricher, PairContext};
@@ -21,8 +22,12 @@ pub struct Annotation {
     pub monitors: Box<[usize]>,
     /// Pod, workload and Service names of both ends, where known.
     pub kubernetes: Option<Arc<PodAttributes>>,
+    /// The name the peer's address was resolved from, where the DNS capture saw it.
+    pub dns_name: Option<Arc<str>>,
     /// The owner's cgroup the Kubernetes names were resolved for.
     cgroup_id: Option<u64>,
+    /// The DNS cache was asked for a name at least once.
+    dns_asked: bool,
 }
 
 /// A pair with its annotation.
@@ -56,6 +61,8 @@ pub struct Annotations {
     no_api: Arc<ApiIndex>,
     /// For a pair the table holds but `refresh` has not seen (never in the poller).
     unannotated: Annotation,
+    /// The DNS cache's generation at the last `name_peers`.
+    dns_generation: u64,
 }
 
 impl Annotations {
@@ -91,6 +98,26 @@ impl Annotations {
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// Names peers from the DNS cache: pairs never asked yet, and pairs still without a name
+    /// when answers arrived since the last call. A named pair keeps its name (see
+    /// [`crate::enrich::dns`]). A NAT-reversed pair is named by the address its client connected
+    /// to: that is the one the name resolved to.
+    pub fn name_peers(&mut self, table: &FlowTable, dns: &DnsNames, now: Instant) {
+        let answers_arrived = dns.generation() != self.dns_generation;
+        self.dns_generation = dns.generation();
+        for pair in table.iter() {
+            let Some(a) = self.by_key.get_mut(&pair.key) else {
+                continue;
+            };
+            if a.dns_name.is_some() || (a.dns_asked && !answers_arrived) {
+                continue;
+            }
+            a.dns_asked = true;
+            let address = pair.original.map_or(pair.key.remote, |o| o.ip());
+            a.dns_name = dns.name(address, pair.owner.cgroup_id, now);
         }
     }
 
@@ -139,7 +166,9 @@ fn annotate(pair: &FlowPair, enricher: &Enricher, index: Option<&ApiIndex>, now:
         context: Arc::new(context),
         monitors,
         kubernetes: pod_attributes(pair, enricher, index, now),
+        dns_name: None,
         cgroup_id: pair.owner.cgroup_id,
+        dns_asked: false,
     }
 }
 

@@ -6,6 +6,7 @@
 //! for [`kubernetes`], whose names follow the API server's watches.
 pub mod annotate;
 pub mod cloud_metadata;
+pub mod dns;
 pub mod kubernetes;
 pub mod monitors;
 mod prefixes;

@@ -128,6 +128,8 @@ pub struct AgentMetrics {
     pub dropped: Vec<(&'static str, u64)>,
     /// DNATed connections keyed by their real peer, by path; empty when NAT reversal is off.
     pub nat_reversals: Vec<(&'static str, u64)>,
+    /// Address records learned and addresses cached; `None` when the DNS capture is off.
+    pub dns: Option<(u64, u64)>,
     pub export_failures: u64,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
@@ -143,6 +145,7 @@ impl AgentMetrics {
         started: SystemTime,
     ) -> Self {
         let c = &stats.counters;
+        let dns = stats.dns.unwrap_or_default();
         Self {
             started: Some(started),
             flow_pairs: stats.table.pairs as u64,
@@ -158,6 +161,10 @@ impl AgentMetrics {
                 ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
                 ("nat_unstored", c.nat_unstored),
                 ("close_fold_skipped", c.close_fold_skipped),
+                ("dns_ring_full", c.dns_ring_full + c.dns_undecodable),
+                ("dns_malformed", dns.malformed),
+                ("dns_too_long", dns.too_long),
+                ("dns_cache_full", dns.cache_full),
                 ("export_superseded", export.otlp_superseded),
                 ("export_undelivered", export.otlp_dropped),
             ],
@@ -166,6 +173,7 @@ impl AgentMetrics {
             } else {
                 Vec::new()
             },
+            dns: stats.dns.map(|d| (d.answers, d.cache_entries)),
             export_failures: export.otlp_failures,
             cpu_user_seconds: process.cpu_user_seconds,
             cpu_system_seconds: process.cpu_system_seconds,
@@ -221,6 +229,9 @@ fn series_attributes<'a>(series: &'a Series, peer_addresses: &PeerAddresses) -> 
             if let Some(original) = series.original {
                 attrs.push((names::PEER_ORIGINAL_ADDRESS, peer_addresses.show(original.ip()).into()));
                 attrs.push((names::PEER_ORIGINAL_PORT, AttrValue::Int(i64::from(original.port()))));
+            }
+            if let Some(name) = &series.dns_name {
+                attrs.push((names::PEER_DNS_NAME, peer_addresses.show_name(name).into()));
             }
             if let Some(k8s) = &series.kubernetes {
                 attrs.extend(borrowed(k8s.attributes()));
@@ -531,6 +542,26 @@ fn agent_families(b: &mut Builder<'_>, agent: &AgentMetrics) {
                     .map(|(path, n)| (*path, Value::Int(*n)))
                     .collect(),
             ),
+        ),
+        (
+            names::AGENT_DNS_ANSWERS,
+            unit::RECORD,
+            Kind::Counter,
+            "Address records learned from DNS answers",
+            agent
+                .dns
+                .map(|(answers, _)| one(Value::Int(answers)))
+                .unwrap_or_default(),
+        ),
+        (
+            names::AGENT_DNS_CACHE_ENTRIES,
+            unit::ENTRY,
+            Kind::Gauge,
+            "Addresses the DNS name cache holds",
+            agent
+                .dns
+                .map(|(_, entries)| one(Value::Int(entries)))
+                .unwrap_or_default(),
         ),
         (
             names::AGENT_EXPORT_FAILURES,

@@ -56,6 +56,20 @@ impl PeerAddresses {
         Ok(Self::Hashed(Sha256::digest(key.as_bytes()).into()))
     }
 
+    /// The value exported for a peer's DNS name: redacted with the addresses, since a name
+    /// gives the address away. Hashed apart from addresses (a prefix no address has).
+    pub fn show_name(&self, name: &str) -> String {
+        let Self::Hashed(key) = self else {
+            return name.to_string();
+        };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+            return "hmac:invalid-key".into();
+        };
+        mac.update(b"dns:");
+        mac.update(name.as_bytes());
+        hex_tag(&mac.finalize().into_bytes())
+    }
+
     /// The value exported for `address`.
     pub fn show(&self, address: IpAddr) -> String {
         let Self::Hashed(key) = self else {
@@ -69,14 +83,18 @@ impl PeerAddresses {
             IpAddr::V4(a) => mac.update(&a.octets()),
             IpAddr::V6(a) => mac.update(&a.octets()),
         }
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(21);
-        out.push_str("hmac:");
-        for byte in &digest[..8] {
-            out.push_str(&format!("{byte:02x}"));
-        }
-        out
+        hex_tag(&mac.finalize().into_bytes())
     }
+}
+
+/// `hmac:` and the digest's first 64 bits in hex.
+fn hex_tag(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(21);
+    out.push_str("hmac:");
+    for byte in &digest[..8] {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
 }
 
 #[cfg(test)]

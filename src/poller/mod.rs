@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::enrich::dns::{DnsCacheConfig, DnsNames, DnsStats};
 use crate::enrich::kubernetes::api::KubeApi;
 use crate::enrich::kubernetes::Kubernetes;
 use crate::enrich::{cloud_metadata, Annotations, Enricher, FlowView};
@@ -36,6 +37,8 @@ pub struct AgentStats {
     pub last_poll_us: u64,
     /// NAT reversal (conntrack lookups), when on.
     pub nat: crate::sampler::nat::NatStats,
+    /// DNS capture, when on.
+    pub dns: Option<DnsStats>,
 }
 
 /// Health evaluated every `every`, the latest findings kept between evaluations.
@@ -54,12 +57,15 @@ pub struct Poller {
     enricher: Arc<Enricher>,
     annotations: Annotations,
     health: Option<HealthSchedule>,
+    /// Peers' DNS names, when the sampler captures answers.
+    dns: Option<DnsNames>,
 }
 
 impl Poller {
     /// Loads and attaches the sampler. No resources, monitors or health until given.
     pub fn start(sampler: SamplerConfig, table: FlowTableConfig) -> Result<Self, SamplerError> {
         let pair_map_capacity = sampler.pair_map_capacity;
+        let dns = sampler.dns.then(|| DnsNames::new(DnsCacheConfig::default()));
         Ok(Self {
             sampler: Sampler::start(sampler)?,
             table: FlowTable::new(table),
@@ -70,7 +76,16 @@ impl Poller {
             enricher: Arc::new(Enricher::default()),
             annotations: Annotations::default(),
             health: None,
+            dns,
         })
+    }
+
+    /// The `[dns]` cache limits (when the sampler captures answers).
+    pub fn with_dns_cache(mut self, config: DnsCacheConfig) -> Self {
+        if self.dns.is_some() {
+            self.dns = Some(DnsNames::new(config));
+        }
+        self
     }
 
     /// Annotates pairs with `enricher`'s resources, monitors and Kubernetes names.
@@ -102,7 +117,7 @@ impl Poller {
     /// One interval: drain the kernel, update the table, age out idle pairs, annotate, and
     /// evaluate health when due. Returns the health status changes, to be logged once.
     pub fn poll(&mut self, now: Instant) -> Result<Vec<Transition>, SamplerError> {
-        let sample = self.sampler.poll()?;
+        let mut sample = self.sampler.poll()?;
         if sample.walked {
             self.table.apply_poll(&sample.pairs, &sample.overflow, now);
         } else {
@@ -126,6 +141,11 @@ impl Poller {
         }
         s.last_poll_us = duration_us(sample.poll_time);
         self.annotations.refresh(&self.table, &self.enricher, now);
+        if let Some(dns) = self.dns.as_mut() {
+            dns.ingest(std::mem::take(&mut sample.dns), now);
+            self.annotations.name_peers(&self.table, dns, now);
+            self.stats.dns = Some(dns.stats());
+        }
         let Some(health) = self.health.as_mut() else {
             return Ok(Vec::new());
         };

@@ -9,6 +9,8 @@ use crate::flows::{FlowCounters, FlowKey, Log2Histogram, Owner, Role};
 unsafe impl plain::Plain for types::flowtel_pair_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::flowtel_pair_stats {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flowtel_dns_event {}
 
 /// One pair-map key: the pair, and what NAT reversal needs of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,38 @@ fn address(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
         6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }
+}
+
+/// One ring-buffer record: the event's fixed part, then `captured_len` bytes of payload.
+pub(super) fn dns_event(record: &[u8]) -> Option<super::dns_capture::DnsCapture> {
+    use super::dns_capture::{DnsCapture, DnsTransport, EVENT_BYTES};
+    if record.len() > EVENT_BYTES {
+        return None;
+    }
+    let mut padded = vec![0u8; EVENT_BYTES];
+    padded[..record.len()].copy_from_slice(record);
+    let mut raw = Box::<types::flowtel_dns_event>::default();
+    plain::copy_from_bytes(&mut *raw, &padded).ok()?;
+    let header = EVENT_BYTES - raw.payload.len();
+    let captured = usize::from(raw.captured_len);
+    if record.len() < header + captured {
+        return None;
+    }
+    let family = if raw.ipv6 != 0 { 6 } else { 4 };
+    let transport = match raw.transport {
+        6 => DnsTransport::Tcp,
+        17 => DnsTransport::Udp,
+        _ => return None,
+    };
+    Some(DnsCapture {
+        cgroup_id: raw.cgroup_id,
+        server: address(family, &raw.server)?,
+        client: SocketAddr::new(address(family, &raw.client)?, raw.client_port),
+        transport,
+        tcp_seq: raw.tcp_seq,
+        wire_len: raw.wire_len,
+        payload: raw.payload[..captured].to_vec(),
+    })
 }
 
 pub(super) fn pair_key(bytes: &[u8]) -> Option<RawPairKey> {

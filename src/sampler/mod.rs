@@ -8,6 +8,7 @@
 mod cgroup;
 mod conntrack;
 mod decode;
+pub mod dns_capture;
 pub mod nat;
 mod netns;
 mod preflight;
@@ -53,6 +54,17 @@ pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MA
 /// Live DNATed client connections the kernel remembers by default (nat_peers); beyond it, a
 /// connection stays under the address it connected to (counted: `nat_unstored`).
 pub const DEFAULT_NAT_PEER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
+/// The DNS answer ring buffer's default size in bytes.
+pub const DEFAULT_DNS_RING_BYTES: u32 = types::flowtel_limit::FLOWTEL_DNS_RING_BYTES.0;
+/// Bytes of one DNS payload the kernel hands up; a longer one arrives cut short.
+pub const DNS_CAPTURE_BYTES: u32 = types::flowtel_limit::FLOWTEL_DNS_CAPTURE_BYTES.0;
+
+/// The memory page size, which a ring buffer's size must be a multiple of.
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf reads a constant of the running system
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
+}
 /// Listening sockets remembered within one walk.
 pub const DEFAULT_LISTENER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_LISTENER_MAP_ENTRIES.0;
 // the flow model keeps the kernel's histogram layout: a different bucket count fails the build
@@ -102,6 +114,10 @@ pub struct SamplerConfig {
     pub nat_destinations: Vec<ipnet::IpNet>,
     /// Live DNATed client connections the kernel remembers (nat_peers).
     pub nat_peer_map_capacity: u32,
+    /// DNS capture: answers received by the cgroup's sockets are handed up through a ring
+    /// buffer of `dns_ring_bytes` (a power of two, a multiple of the page size).
+    pub dns: bool,
+    pub dns_ring_bytes: u32,
 }
 
 impl Default for SamplerConfig {
@@ -115,6 +131,8 @@ impl Default for SamplerConfig {
             nat: false,
             nat_destinations: Vec::new(),
             nat_peer_map_capacity: DEFAULT_NAT_PEER_MAP_CAPACITY,
+            dns: false,
+            dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
         }
     }
 }
@@ -147,6 +165,10 @@ pub struct AgentCounters {
     /// Connections that predate the agent to a possible DNAT destination, handed to user
     /// space's conntrack lookup.
     pub nat_preexisting: u64,
+    /// DNS answers the kernel could not hand up: the ring buffer was full.
+    pub dns_ring_full: u64,
+    /// DNS ring-buffer records that did not decode (never expected).
+    pub dns_undecodable: u64,
 }
 
 /// One poll's result.
@@ -170,6 +192,8 @@ pub struct KernelSample {
     pub nat_originals: Vec<(crate::flows::FlowKey, std::net::SocketAddr)>,
     /// NAT reversal's counters, cumulative.
     pub nat: nat::NatStats,
+    /// DNS payloads received since the last poll, when the capture is on.
+    pub dns: Vec<dns_capture::DnsCapture>,
 }
 
 /// A poll that comes a little early still walks: polls are paced by sleeps, not by the clock.
@@ -181,6 +205,8 @@ pub struct Sampler {
     skel: FlowtelSkel<'static>,
     _sockops_link: Link,
     _nat_link: Option<Link>,
+    _dns_link: Option<Link>,
+    dns_ring: Option<dns_capture::DnsRing>,
     _close_links: Vec<Link>,
     walk_link: Link,
     /// Swaps so far, as the programs read them (flowtel_swaps); its low bit names the inner pair
@@ -231,6 +257,8 @@ impl Sampler {
         rodata.flowtel_nat = config.nat;
         // the egress program runs for every packet the cgroup sends: loaded only when needed
         open.progs.flowtel_nat_syn.set_autoload(config.nat);
+        // the ingress program runs for every packet the cgroup receives: likewise
+        open.progs.flowtel_dns.set_autoload(config.dns);
         let sizing = [
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
@@ -241,6 +269,16 @@ impl Sampler {
                 if config.nat { config.nat_peer_map_capacity } else { 1 },
             ),
         ];
+        // a ring buffer's size is a power of two and a multiple of the page size (checked with
+        // the configuration); the smallest one when the capture is off
+        let ring_bytes = if config.dns { config.dns_ring_bytes } else { page_size() };
+        open.maps
+            .dns_answers
+            .set_max_entries(ring_bytes)
+            .map_err(|source| SamplerError::Bpf {
+                what: format!("sizing the DNS answer ring buffer to {ring_bytes} bytes (dns.ring_buffer_bytes)"),
+                source,
+            })?;
         for (map, capacity) in sizing {
             map.set_max_entries(capacity.max(1))
                 .map_err(|source| SamplerError::Bpf {
@@ -303,6 +341,21 @@ impl Sampler {
         } else {
             None
         };
+        let (dns_link, dns_ring) = if config.dns {
+            let link = skel
+                .progs
+                .flowtel_dns
+                .attach_cgroup(cgroup_dir.as_raw_fd())
+                .map_err(|source| {
+                    load_error(
+                        &format!("attaching the DNS capture ingress program to {}", target.path.display()),
+                        source,
+                    )
+                })?;
+            (Some(link), Some(dns_capture::DnsRing::new(&skel.maps.dns_answers)?))
+        } else {
+            (None, None)
+        };
         let walk_link = skel
             .progs
             .flowtel_walk
@@ -314,6 +367,8 @@ impl Sampler {
             skel,
             _sockops_link: sockops_link,
             _nat_link: nat_link,
+            _dns_link: dns_link,
+            dns_ring,
             _close_links: close_links,
             walk_link,
             swaps: 0,
@@ -343,6 +398,11 @@ impl Sampler {
     /// Walks live sockets, swaps the pair map, and drains the interval that just ended.
     pub fn poll(&mut self) -> Result<KernelSample, SamplerError> {
         let started = Instant::now();
+        // answers first: a name resolved just before a connection is known when its pair is
+        let dns = match self.dns_ring.as_mut() {
+            Some(ring) => ring.drain()?,
+            None => Vec::new(),
+        };
         let walk_due = self
             .last_walk
             .is_none_or(|t| started.duration_since(t) + WALK_SLACK >= self.walk_interval);
@@ -397,6 +457,7 @@ impl Sampler {
             poll_time: started.elapsed(),
             nat_originals,
             nat: self.nat.as_ref().map(|n| n.stats).unwrap_or_default(),
+            dns,
         })
     }
 
@@ -475,6 +536,8 @@ impl Sampler {
         counters.nat_reversed = read(types::flowtel_counter::FLOWTEL_CTR_NAT_REVERSED)?;
         counters.nat_unstored = read(types::flowtel_counter::FLOWTEL_CTR_NAT_UNSTORED)?;
         counters.nat_preexisting = read(types::flowtel_counter::FLOWTEL_CTR_NAT_PREEXISTING)?;
+        counters.dns_ring_full = read(types::flowtel_counter::FLOWTEL_CTR_DNS_RING_FULL)?;
+        counters.dns_undecodable = self.dns_ring.as_ref().map_or(0, |r| r.undecodable());
         let progs = &self.skel.progs;
         counters.close_fold_skipped = [
             progs.flowtel_destroy.as_fd(),

@@ -81,6 +81,9 @@ pub struct PairReport {
     pub peer_resource: Placement,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_service: Option<String>,
+    /// The name the peer's address was resolved from, where the DNS capture saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_dns_name: Option<String>,
     #[serde(flatten)]
     pub counters: CountersReport,
     pub owner: Owner,
@@ -195,6 +198,7 @@ impl PairReport {
             local_resource: context.local.clone(),
             peer_resource: context.peer.clone(),
             peer_service: context.peer_service.as_deref().map(str::to_string),
+            peer_dns_name: c.pair.annotation.dns_name.as_deref().map(str::to_string),
             counters: (&c.counters).into(),
             owner: p.owner.clone(),
         }
@@ -321,7 +325,12 @@ impl Snapshot {
                 p.category.as_str(),
                 p.role,
                 p.local.to_string(),
-                match p.peer_resource.subnet.as_deref().or(p.peer_service.as_deref()) {
+                match p
+                    .peer_dns_name
+                    .as_deref()
+                    .or(p.peer_resource.subnet.as_deref())
+                    .or(p.peer_service.as_deref())
+                {
                     Some(name) => format!("{} ({name})", p.remote),
                     None => p.remote.to_string(),
                 },
@@ -368,6 +377,7 @@ impl Snapshot {
 /// `flowtel snapshot`: samples for `seconds` from the first poll, then reports the window.
 pub fn take(config: &Config, enricher: Enricher, seconds: f64, top: Option<TopRequest>) -> anyhow::Result<Snapshot> {
     let mut poller = Poller::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?
+        .with_dns_cache(config.dns_cache_config())
         .with_enricher(std::sync::Arc::new(enricher));
     let opened = Instant::now();
     poller.poll(opened)?;

@@ -91,6 +91,8 @@ pub struct Series {
     /// Where NAT reversal found the peer behind another address: the address the client
     /// connected to.
     pub original: Option<std::net::SocketAddr>,
+    /// The name the peer's address was resolved from, where known.
+    pub dns_name: Option<Arc<str>>,
     /// Pod, workload and Service names of both ends, where known.
     pub kubernetes: Option<Arc<PodAttributes>>,
     /// When this series started counting.
@@ -110,6 +112,7 @@ impl Series {
             id,
             process: None,
             original: None,
+            dns_name: None,
             kubernetes: None,
             start,
             values,
@@ -347,6 +350,7 @@ impl SeriesSelector {
                 id: SeriesId::Pair(p.key, Arc::clone(&annotation.context)),
                 process: p.owner.comm.clone(),
                 original: p.original,
+                dns_name: annotation.dns_name.clone(),
                 kubernetes: annotation.kubernetes.clone(),
                 start: selected.start,
                 values,

@@ -34,11 +34,14 @@ struct Session {
     poller: Poller,
     builder: RowBuilder,
     last_refresh: Instant,
+    /// `dns.top_shows_names`: the peer column's starting mode.
+    show_names: bool,
 }
 
 impl Session {
     fn start(config: &Config, enricher: Enricher) -> anyhow::Result<Self> {
         let mut poller = Poller::start(config.sampler_config_walking_every_poll(), config.flow_table_config())?
+            .with_dns_cache(config.dns_cache_config())
             .with_enricher(Arc::new(enricher))
             .with_health_from(config);
         let now = Instant::now();
@@ -50,7 +53,15 @@ impl Session {
             poller,
             builder,
             last_refresh: now,
+            show_names: config.dns.top_shows_names,
         })
+    }
+
+    fn model(&self) -> TopModel {
+        TopModel {
+            show_names: self.show_names,
+            ..TopModel::default()
+        }
     }
 
     fn refresh(&mut self, model: &mut TopModel) -> anyhow::Result<()> {
@@ -94,7 +105,7 @@ pub async fn run(config: Config, once: bool) -> anyhow::Result<()> {
 
 fn print_once(mut session: Session) -> anyhow::Result<()> {
     std::thread::sleep(REFRESH);
-    let mut model = TopModel::default();
+    let mut model = session.model();
     session.refresh(&mut model)?;
     print!(
         "{}",
@@ -114,7 +125,7 @@ fn interactive_loop(mut session: Session, stop: &AtomicBool) -> anyhow::Result<(
 
 fn drive(terminal: &mut ratatui::DefaultTerminal, session: &mut Session, stop: &AtomicBool) -> anyhow::Result<()> {
     let host = crate::enrich::host_name().unwrap_or_default();
-    let mut model = TopModel::default();
+    let mut model = session.model();
     let mut table_state = TableState::default();
     let mut next_refresh = Instant::now();
     loop {
@@ -157,6 +168,7 @@ fn handle_key(code: KeyCode, modifiers: KeyModifiers, model: &mut TopModel, tabl
         KeyCode::Right | KeyCode::Char('>') => model.cycle_sort(true),
         KeyCode::Left | KeyCode::Char('<') => model.cycle_sort(false),
         KeyCode::Char('r') => model.descending = !model.descending,
+        KeyCode::Char('n') => model.toggle_names(),
         KeyCode::Char('c') => {
             model.cycle_filter();
             table.select(None);

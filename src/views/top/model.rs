@@ -105,8 +105,12 @@ impl Column {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub key: FlowKey,
-    /// The peer's address, and its subnet or service name when known.
+    /// What the peer column shows: its DNS name, or its address.
     pub peer: String,
+    /// The peer's address, and its subnet or service name when known.
+    pub peer_address: String,
+    /// The name the peer's address was resolved from, where known.
+    pub peer_dns_name: Option<Arc<str>>,
     pub category: Category,
     pub tx_per_sec: f64,
     pub rx_per_sec: f64,
@@ -118,6 +122,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// The peer column's text: the DNS name when asked for and known, else the address.
+    fn peer_text(&self, names: bool) -> String {
+        match (&self.peer_dns_name, names) {
+            (Some(name), true) => name.to_string(),
+            _ => self.peer_address.clone(),
+        }
+    }
+
     pub fn cell(&self, column: Column) -> String {
         match column {
             Column::Local => self.key.local.to_string(),
@@ -220,6 +232,8 @@ pub struct TopModel {
     /// Seconds the rates are over.
     pub interval: f64,
     pub pairs_total: usize,
+    /// The peer column shows DNS names where known (`dns.top_shows_names`; the n key).
+    pub show_names: bool,
 }
 
 impl Default for TopModel {
@@ -232,6 +246,7 @@ impl Default for TopModel {
             filter: None,
             interval: 0.0,
             pairs_total: 0,
+            show_names: true,
         }
     }
 }
@@ -271,6 +286,14 @@ impl TopModel {
     }
 
     /// All categories, then each one in turn.
+    /// Switches the peer column between DNS names and addresses.
+    pub fn toggle_names(&mut self) {
+        self.show_names = !self.show_names;
+        for row in &mut self.rows {
+            row.peer = row.peer_text(self.show_names);
+        }
+    }
+
     pub fn cycle_filter(&mut self) {
         self.filter = match self.filter {
             None => Some(Category::ALL[0]),
@@ -335,12 +358,14 @@ impl RowBuilder {
                     port: pair.key.service_port,
                 })
                 .map_or(Status::Unknown, |h| h.status);
-            rows.push(Row {
+            let mut row = Row {
                 key: pair.key,
-                peer: match context.peer_name() {
+                peer: String::new(),
+                peer_address: match context.peer_name() {
                     Some(name) => format!("{} {name}", pair.key.remote),
                     None => pair.key.remote.to_string(),
                 },
+                peer_dns_name: annotated.annotation.dns_name.clone(),
                 category: context.category,
                 tx_per_sec: per_sec(delta.bytes_sent),
                 rx_per_sec: per_sec(delta.bytes_received),
@@ -349,7 +374,9 @@ impl RowBuilder {
                 rtt_p50: c.rtt.quantile_seconds(0.5),
                 rtt_p99: c.rtt.quantile_seconds(0.99),
                 health,
-            });
+            };
+            row.peer = row.peer_text(model.show_names);
+            rows.push(row);
         }
         self.previous = PairSnapshots::take(view.pairs.iter().map(|p| p.pair));
         model.rows = rows;

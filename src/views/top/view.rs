@@ -12,7 +12,7 @@ use ratatui::Frame;
 use super::model::{duration, rate, status, Column, MonitorRow, TopModel};
 use crate::health::Status;
 
-pub const KEY_MAP: &str = "q quit  ←/→ sort column  r reverse  c category  ↑/↓ scroll";
+pub const KEY_MAP: &str = "q quit  ←/→ sort column  r reverse  n names  c category  ↑/↓ scroll";
 
 /// Columns that fit in `width` cells, in display order, with their widths.
 pub fn layout_columns(width: u16) -> Vec<(Column, u16)> {
