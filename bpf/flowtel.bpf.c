@@ -788,9 +788,11 @@ static __always_inline void close_fold(struct tcp_sock *tp, bool reset, const st
 	rep = bpf_sk_storage_get(&sock_reported, sk, 0, 0);
 	outcome_counted = rep && rep->folded;
 
-	/* a client whose SYN was never acked (bytes_acked counts the SYN) never connected: its
-	 * failure was counted at its SYN_SENT -> CLOSE state callback */
-	if (role == FLOWTEL_ROLE_CLIENT && !tp->bytes_acked && !outcome_counted)
+	/* a client still in its handshake never connected: its failure was counted at its
+	 * SYN_SENT -> CLOSE state callback. The flag, not the counters, says so: it is cleared in
+	 * the very callback that counts the connection established, so that every established
+	 * connection is also closed (tcp_disconnect() zeroes bytes_acked, for one) */
+	if (role == FLOWTEL_ROLE_CLIENT && (cb_flags & FLOWTEL_CB_HANDSHAKE) && !outcome_counted)
 		return;
 	reset = reset || sk_err;
 	/* our FIN went out on a close without error (tcp_done also sets SEND_SHUTDOWN on a reset) */
@@ -1029,7 +1031,8 @@ static __noinline int capture_dns(struct __sk_buff *skb, __u32 l4, __u32 transpo
 	ev->captured_len = len;
 	if (bpf_skb_load_bytes(skb, payload, ev->payload, len))
 		return 1;
-	if (bpf_ringbuf_output(&dns_answers, ev, offsetof(struct flowtel_dns_event, payload) + len, 0))
+	/* user space reads the ring on a timer, never waiting on it: no wakeup to pay for */
+	if (bpf_ringbuf_output(&dns_answers, ev, offsetof(struct flowtel_dns_event, payload) + len, BPF_RB_NO_WAKEUP))
 		count(FLOWTEL_CTR_DNS_RING_FULL);
 	return 1;
 }
@@ -1081,7 +1084,11 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 	struct flowtel_nat_peer *nat = NULL;
 	__u64 cookie = 0;
 
-	if (!tp || !in_target_cgroup((struct sock *)tp))
+	if (!tp) {
+		count(FLOWTEL_CTR_NO_TCP_SOCK);
+		return 0;
+	}
+	if (!in_target_cgroup((struct sock *)tp))
 		return 0;
 	/* servers have no entry: no cookie is made for them */
 	if (flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT) {

@@ -12,8 +12,8 @@ import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 out_dir, mode = sys.argv[2], sys.argv[3]
-ARMS = ["none", "floor", "flowtel", "flowtel_nat", "classic"]
-STATS_ARMS = ["floor", "floor_nat", "flowtel", "flowtel_nat"]
+ARMS = ["none", "floor", "flowtel", "flowtel_nodns", "flowtel_nat", "classic"]
+STATS_ARMS = ["floor", "floor_nat", "floor_dns", "flowtel", "flowtel_nodns", "flowtel_nat"]
 
 
 def spread(values):
@@ -43,6 +43,7 @@ for load, get in loads.items():
     none_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "none"}
     floor_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "floor"}
     flowtel_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "flowtel"}
+    nodns_by_round = {r["round"]: get(r) for r in throughput if r["arm"] == "flowtel_nodns"}
     for arm in ARMS:
         mine = {r["round"]: get(r) for r in throughput if r["arm"] == arm}
         s = spread(list(mine.values()))
@@ -53,6 +54,7 @@ for load, get in loads.items():
             "paired_ratio_to_none": spread([mine[k] / none_by_round[k] for k in mine if k in none_by_round]),
             "paired_ratio_to_floor": spread([mine[k] / floor_by_round[k] for k in mine if k in floor_by_round]),
             "paired_ratio_to_flowtel": spread([mine[k] / flowtel_by_round[k] for k in mine if k in flowtel_by_round]),
+            "paired_ratio_to_flowtel_nodns": spread([mine[k] / nodns_by_round[k] for k in mine if k in nodns_by_round]),
         }
 results["throughput"] = tp
 
@@ -79,6 +81,11 @@ for arm in STATS_ARMS:
         "calls_per_mb": spread([e["calls"] / (r["bulk_bytes"] / 1e6) for e, r in zip(egress, mine) if e]),
         "ns_per_call": spread([e["ns"] / e["calls"] for e in egress if e and e["calls"]]),
     }
+    ingress = [r["bulk_progs"].get("flowtel_dns") or r["bulk_progs"].get("flowtel_floor_in") for r in mine]
+    bulk_ingress = {
+        "calls_per_mb": spread([e["calls"] / (r["bulk_bytes"] / 1e6) for e, r in zip(ingress, mine) if e]),
+        "ns_per_call": spread([e["ns"] / e["calls"] for e in ingress if e and e["calls"]]),
+    }
     for name in sorted({n for r in mine for n in r["churn_progs"]}):
         progs[name] = {
             "ns_per_call": spread([r["churn_progs"][name]["ns"] / r["churn_progs"][name]["calls"]
@@ -91,7 +98,7 @@ for arm in STATS_ARMS:
                "churn_rate_with_stats": spread([r["churn"]["rate"] for r in mine]),
                "agent_cpu_us_per_connection": spread([r["agent_cpu_ns"] / r["churn"]["connections"] / 1000
                                                       for r in mine if r.get("agent_cpu_ns")]),
-               "bulk_egress": bulk_egress}
+               "bulk_egress": bulk_egress, "bulk_ingress": bulk_ingress}
 results["kernel_cost"] = kc
 
 # --- many live sockets
@@ -130,12 +137,22 @@ if "flowtel_nat" in kc:
         budget.append(("NAT: agent CPU for reversal per connection", "<= 0.5 us",
                        f"{extra:.2f} us ({cpu_nat:.2f} reversed - {cpu_plain:.2f} plain)", extra <= 0.5))
 churn_floor = med(tp["churn"]["flowtel"]["paired_ratio_to_floor"])
-budget.append(("churn vs floor (paired, median)", ">= 0.95", f"{churn_floor:.3f}" if churn_floor else "-", churn_floor is not None and churn_floor >= 0.95))
+budget.append(("churn vs floor (paired, median), DNS capture on", ">= 0.97", f"{churn_floor:.3f}" if churn_floor else "-", churn_floor is not None and churn_floor >= 0.97))
+r = med(tp["churn"]["flowtel"]["paired_ratio_to_flowtel_nodns"]) if "paired_ratio_to_flowtel_nodns" in tp["churn"]["flowtel"] else None
+budget.append(("churn with DNS capture on vs off, paired", "informational", f"{r:.3f}" if r else "-", None))
+if "flowtel_nodns" in kc:
+    on, off = med(kc["flowtel"]["bpf_us_per_connection"]), med(kc["flowtel_nodns"]["bpf_us_per_connection"])
+    per_packet = med(kc["flowtel"]["bulk_ingress"]["ns_per_call"])
+    floor_packet = med(kc.get("floor_dns", {}).get("bulk_ingress", {}).get("ns_per_call")) if "floor_dns" in kc else None
+    budget.append(("DNS capture: BPF per connection, on - off", "informational",
+                   f"{on - off:.2f} us ({on:.2f} - {off:.2f})" if on is not None and off is not None else "-", None))
+    budget.append(("DNS capture: ingress program per packet (bulk)", "informational",
+                   f"{per_packet:.0f} ns (empty program: {floor_packet:.0f} ns)" if per_packet and floor_packet else "-", None))
 ov_f = 1 - (med(tp["churn"]["flowtel"]["paired_ratio_to_none"]) or 1)
 ov_c = 1 - (med(tp["churn"]["classic"]["paired_ratio_to_none"]) or 1)
 budget.append(("churn overhead vs classic tools", "<= 0.5 x classic", f"{ov_f:.3f} vs {ov_c:.3f}", ov_f <= 0.5 * ov_c))
 for arm in ["flowtel", "flowtel_nat"]:
-    label = " with NAT reversal on" if arm == "flowtel_nat" else ""
+    label = " with NAT reversal on" if arm == "flowtel_nat" else " (DNS capture on)"
     for load in ["bulk1", "bulk4"]:
         r = med(tp[load][arm]["paired_ratio_to_none"])
         budget.append((f"bulk ({load[-1]} stream{'s' if load == 'bulk4' else ''}){label} vs none", ">= 0.995", f"{r:.3f}" if r else "-", r is not None and r >= 0.995))
@@ -175,13 +192,14 @@ L.append(f"\nflowtel itself during those rounds: {fmt(fu['cpu_s_per_min_user'], 
 L.append("## Kernel cost (kernel.bpf_stats_enabled, separate runs)\n")
 L.append("flowtel_nat's churn is DNATed: every connection reversed in the kernel. floor_nat adds an empty "
          "cgroup_skb egress program to floor's empty sock_ops: bpf_stats' own cost per call.\n")
-L.append("| arm | BPF us per connection (both ends) | invocations per connection | BPF ns per MB of bulk | agent CPU us per connection | egress calls per MB of bulk | egress ns per call (bulk) |\n|---|---|---|---|---|---|---|")
+L.append("| arm | BPF us per connection (both ends) | invocations per connection | BPF ns per MB of bulk | agent CPU us per connection | egress calls per MB of bulk | egress ns per call (bulk) | ingress calls per MB of bulk | ingress ns per call (bulk) |\n|---|---|---|---|---|---|---|---|---|")
 for arm in STATS_ARMS:
     if arm not in kc:
         continue
     k = kc[arm]
     L.append(f"| {arm} | {fmt(k['bpf_us_per_connection'], digits=2)} | {fmt(k['invocations_per_connection'], digits=1)} | {fmt(k['bpf_ns_per_mb_bulk'], digits=0)} "
-             f"| {fmt(k['agent_cpu_us_per_connection'], digits=2)} | {fmt(k['bulk_egress']['calls_per_mb'], digits=1)} | {fmt(k['bulk_egress']['ns_per_call'])} |")
+             f"| {fmt(k['agent_cpu_us_per_connection'], digits=2)} | {fmt(k['bulk_egress']['calls_per_mb'], digits=1)} | {fmt(k['bulk_egress']['ns_per_call'])} "
+             f"| {fmt(k['bulk_ingress']['calls_per_mb'], digits=1)} | {fmt(k['bulk_ingress']['ns_per_call'])} |")
 L.append("\n| arm | program | ns per call | calls per connection | us per connection |\n|---|---|---|---|---|")
 for arm in STATS_ARMS:
     if arm not in kc:

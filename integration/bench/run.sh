@@ -6,7 +6,9 @@
 # Arms, interleaved in every round (1 2 3 4 1 2 3 4 ...):
 #   none     no agent
 #   floor    an empty sock_ops program on the same cgroup (bpftool)
-#   flowtel  `flowtel run` exporting over OTLP to a real receiver (rotel)
+#   flowtel  `flowtel run` exporting over OTLP to a real receiver (rotel), with its defaults
+#            (DNS capture on: its cgroup_skb ingress program sees every packet received)
+#   flowtel_nodns  the same with the DNS capture off: what the capture costs everything else
 #   flowtel_nat  the same with NAT reversal on (its egress program attached); the throughput
 #            loads are not DNATed: what NAT reversal costs everything else
 #   classic  libbpf-tools tcplife + tcpstates together
@@ -15,7 +17,8 @@
 # time and RSS). Kernel cost comes from kernel.bpf_stats_enabled, in separate runs so that the
 # stats do not slow the throughput arms; there, flowtel_nat's churn goes through an nftables DNAT
 # rule (127.77.0.1:80 -> the churn's server), so that every connection is reversed, and
-# floor_nat adds an empty cgroup_skb egress program to the empty sock_ops one. A loss run checks that flowtel counts every connection
+# floor_nat adds an empty cgroup_skb egress program to the empty sock_ops one, floor_dns an empty
+# cgroup_skb ingress program. A loss run checks that flowtel counts every connection
 # of a long churn, or counts what it could not keep.
 #
 # Writes DIR/report.md and DIR/results.json (every figure) and prints a summary table. Asserts
@@ -59,7 +62,7 @@ RESULTS=$OUT/results.jsonl
 : > "$RESULTS"
 cgroup=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 old_stats=$(sysctl -n kernel.bpf_stats_enabled)
-agent_pid="" rotel_pid="" pin="" pin_egress="" classic_pids="" idle_pids=""
+agent_pid="" rotel_pid="" pin="" pin_egress="" pin_ingress="" classic_pids="" idle_pids=""
 NAT_TABLE=flowtel_bench_dnat_$$
 
 cleanup() {
@@ -88,6 +91,12 @@ __attribute__((section("cgroup_skb/egress"), used)) int flowtel_floor_eg(struct 
 char LICENSE[] __attribute__((section("license"), used)) = "GPL";
 C
 clang -O2 -g -target bpf -I "bpf/vmlinux/$(uname -m)" -c "$work/empty_egress.bpf.c" -o "$work/empty_egress.bpf.o"
+cat > "$work/empty_ingress.bpf.c" <<'C'
+#include "vmlinux.h"
+__attribute__((section("cgroup_skb/ingress"), used)) int flowtel_floor_in(struct __sk_buff *skb) { return 1; }
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+C
+clang -O2 -g -target bpf -I "bpf/vmlinux/$(uname -m)" -c "$work/empty_ingress.bpf.c" -o "$work/empty_ingress.bpf.o"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OTLP_PORT=$(free_port)
@@ -131,7 +140,13 @@ start_arm() {
       bpftool prog load "$work/empty.bpf.o" "$pin" type sockops
       bpftool cgroup attach "$cgroup" sock_ops pinned "$pin" multi ;;
     flowtel) rm -f "$work/export.jsonl"; start_flowtel ;;
+    flowtel_nodns) rm -f "$work/export.jsonl"; start_flowtel FLOWTEL_DNS__ENABLED=false ;;
     flowtel_nat) rm -f "$work/export.jsonl"; start_flowtel 'FLOWTEL_NAT__DESTINATIONS=["127.77.0.0/16"]' ;;
+    floor_dns)
+      start_arm floor
+      pin_ingress=/sys/fs/bpf/flowtel_bench_floor_in_$$
+      bpftool prog load "$work/empty_ingress.bpf.o" "$pin_ingress" type cgroup/skb
+      bpftool cgroup attach "$cgroup" ingress pinned "$pin_ingress" multi ;;
     floor_nat)
       start_arm floor
       pin_egress=/sys/fs/bpf/flowtel_bench_floor_eg_$$
@@ -151,6 +166,7 @@ stop_arm() {
   if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; agent_pid=""; fi
   if [ -n "$pin" ]; then bpftool cgroup detach "$cgroup" sock_ops pinned "$pin" 2>/dev/null || true; rm -f "$pin"; pin=""; fi
   if [ -n "$pin_egress" ]; then bpftool cgroup detach "$cgroup" egress pinned "$pin_egress" 2>/dev/null || true; rm -f "$pin_egress"; pin_egress=""; fi
+  if [ -n "$pin_ingress" ]; then bpftool cgroup detach "$cgroup" ingress pinned "$pin_ingress" 2>/dev/null || true; rm -f "$pin_ingress"; pin_ingress=""; fi
   if [ -n "$classic_pids" ]; then
     for p in $classic_pids; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     classic_pids=""
@@ -162,7 +178,7 @@ import json, sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_se
 
 # ------------------------------------------------------------------ interleaved throughput
 for round in $(seq "$ROUNDS"); do
-  for arm in none floor flowtel flowtel_nat classic; do
+  for arm in none floor flowtel flowtel_nodns flowtel_nat classic; do
     start_arm "$arm"
     [ "$arm" = flowtel ] && read -r u0 s0 < <(cpu_of "$agent_pid")
     t0=$(date +%s.%N)
@@ -197,7 +213,7 @@ print(json.dumps({n: {"ns": b[n][0] - a.get(n, (0, 0))[0], "calls": b[n][1] - a.
 
 sysctl -qw kernel.bpf_stats_enabled=1
 for round in $(seq "$ROUNDS"); do
-  for arm in floor floor_nat flowtel flowtel_nat; do
+  for arm in floor floor_nat floor_dns flowtel flowtel_nodns flowtel_nat; do
     start_arm "$arm"
     prefix=$(case "$arm" in floor*) echo flowtel_floor ;; *) echo flowtel_ ;; esac)
     churn_env=()

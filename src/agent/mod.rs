@@ -91,7 +91,9 @@ fn run_loop(
     let mut last_export = Instant::now();
     let mut poll_failures: u64 = 0;
     let mut nat_destinations = NatDestinations::new(config);
-    while sleep_unless_stopped(config.poll_interval(), stop) {
+    // DNS answers are read every step of the sleep too, so that a burst between two polls
+    // does not fill the kernel's ring buffer
+    while sleep_unless_stopped(config.poll_interval(), stop, || poller.read_dns_answers(Instant::now())) {
         let now = Instant::now();
         nat_destinations.refresh(enricher, &mut poller, now);
         match poller.poll(now) {
@@ -226,8 +228,8 @@ impl NatDestinations {
     }
 }
 
-/// Sleeps `total` in small steps; false once `stop` is set.
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
+/// Sleeps `total` in small steps, calling `each_step` after each; false once `stop` is set.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool, mut each_step: impl FnMut()) -> bool {
     let deadline = Instant::now() + total;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -238,6 +240,7 @@ fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
             return true;
         }
         std::thread::sleep(left.min(STOP_CHECK));
+        each_step();
     }
 }
 

@@ -161,6 +161,7 @@ impl AgentMetrics {
                 ("nat_unresolved", stats.nat.unresolved + stats.nat.failed),
                 ("nat_unstored", c.nat_unstored),
                 ("close_fold_skipped", c.close_fold_skipped),
+                ("no_tcp_sock", c.no_tcp_sock),
                 ("dns_ring_full", c.dns_ring_full + c.dns_undecodable),
                 ("dns_malformed", dns.malformed),
                 ("dns_too_long", dns.too_long),

@@ -80,6 +80,18 @@ impl Poller {
         })
     }
 
+    /// Reads the DNS answers waiting in the kernel's ring buffer into the name cache, between
+    /// polls (each poll reads them too, first).
+    pub fn read_dns_answers(&mut self, now: Instant) {
+        let Some(dns) = self.dns.as_mut() else {
+            return;
+        };
+        match self.sampler.read_dns_answers() {
+            Ok(captures) => dns.ingest(captures, now),
+            Err(e) => tracing::debug!(error = %e, "reading DNS answers failed; the next poll retries"),
+        }
+    }
+
     /// The `[dns]` cache limits (when the sampler captures answers).
     pub fn with_dns_cache(mut self, config: DnsCacheConfig) -> Self {
         if self.dns.is_some() {

@@ -391,6 +391,14 @@ impl Sampler {
         Ok(left_out)
     }
 
+    /// The DNS answers waiting in the ring buffer (none when the capture is off).
+    pub fn read_dns_answers(&mut self) -> Result<Vec<dns_capture::DnsCapture>, SamplerError> {
+        match self.dns_ring.as_mut() {
+            Some(ring) => ring.drain(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn target(&self) -> &CgroupTarget {
         &self.target
     }
@@ -399,10 +407,7 @@ impl Sampler {
     pub fn poll(&mut self) -> Result<KernelSample, SamplerError> {
         let started = Instant::now();
         // answers first: a name resolved just before a connection is known when its pair is
-        let dns = match self.dns_ring.as_mut() {
-            Some(ring) => ring.drain()?,
-            None => Vec::new(),
-        };
+        let dns = self.read_dns_answers()?;
         let walk_due = self
             .last_walk
             .is_none_or(|t| started.duration_since(t) + WALK_SLACK >= self.walk_interval);
