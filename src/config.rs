@@ -513,6 +513,36 @@ mod tests {
     }
 
     #[test]
+    fn dns_limits_are_checked_with_one_line_naming_the_key() {
+        let err = |text: &str| {
+            Config::load(Some(file(text).path()), vars(&[]))
+                .expect_err("refused")
+                .to_string()
+        };
+        let ring = err("[dns]\nring_buffer_bytes = 1000\n");
+        assert!(
+            ring.contains("dns.ring_buffer_bytes is 1000") && ring.contains("power of two"),
+            "{ring}"
+        );
+        let ttl = err("[dns]\nmin_ttl_secs = 600\nmax_ttl_secs = 60\n");
+        assert!(
+            ttl.contains("dns.min_ttl_secs (600) is above dns.max_ttl_secs (60)"),
+            "{ttl}"
+        );
+        assert!(err("[dns]\nmax_entries = 0\n").contains("dns.max_entries must be at least 1"));
+        // off: its limits are not looked at
+        let off = Config::load(
+            Some(file("[dns]\nenabled = false\nring_buffer_bytes = 1000\n").path()),
+            vars(&[]),
+        )
+        .expect("loads");
+        assert!(!off.sampler_config().dns);
+        let cache = Config::default().dns_cache_config();
+        assert_eq!(cache.min_ttl, Duration::from_secs(60));
+        assert_eq!(cache.max_entries, 16_384);
+    }
+
+    #[test]
     fn defaults_without_file_or_env() {
         let config = Config::load(None, vars(&[])).expect("defaults load");
         assert_eq!(config, Config::default());

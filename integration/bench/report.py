@@ -12,7 +12,7 @@ import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 out_dir, mode = sys.argv[2], sys.argv[3]
-ARMS = ["none", "floor", "flowtel", "flowtel_nodns", "flowtel_nat", "classic"]
+ARMS = ["none", "floor", "flowtel", "flowtel_nodns", "flowtel_nat", "afpacket", "classic"]
 STATS_ARMS = ["floor", "floor_nat", "floor_dns", "flowtel", "flowtel_nodns", "flowtel_nat"]
 
 
@@ -138,8 +138,14 @@ if "flowtel_nat" in kc:
                        f"{extra:.2f} us ({cpu_nat:.2f} reversed - {cpu_plain:.2f} plain)", extra <= 0.5))
 churn_floor = med(tp["churn"]["flowtel"]["paired_ratio_to_floor"])
 budget.append(("churn vs floor (paired, median), DNS capture on", ">= 0.97", f"{churn_floor:.3f}" if churn_floor else "-", churn_floor is not None and churn_floor >= 0.97))
-r = med(tp["churn"]["flowtel"]["paired_ratio_to_flowtel_nodns"]) if "paired_ratio_to_flowtel_nodns" in tp["churn"]["flowtel"] else None
+r = med(tp["churn"]["flowtel"]["paired_ratio_to_flowtel_nodns"])
 budget.append(("churn with DNS capture on vs off, paired", "informational", f"{r:.3f}" if r else "-", None))
+for load in ["bulk1", "bulk4"]:
+    r = med(tp[load]["flowtel"]["paired_ratio_to_flowtel_nodns"])
+    budget.append((f"{load} with DNS capture on vs off, paired", "informational", f"{r:.3f}" if r else "-", None))
+for load in ["churn", "bulk1", "bulk4"]:
+    r = med(tp[load]["afpacket"]["paired_ratio_to_none"])
+    budget.append((f"{load}: AF_PACKET port-53 capture (tcpdump) vs none, paired", "informational", f"{r:.3f}" if r else "-", None))
 if "flowtel_nodns" in kc:
     on, off = med(kc["flowtel"]["bpf_us_per_connection"]), med(kc["flowtel_nodns"]["bpf_us_per_connection"])
     per_packet = med(kc["flowtel"]["bulk_ingress"]["ns_per_call"])

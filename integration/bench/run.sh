@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # flowtel's performance benchmark: one command, as root.
 #
-#   integration/bench/run.sh [--quick | --full] [--out DIR]
+#   integration/bench/run.sh [--quick | --full] [--rounds N] [--out DIR]
 #
 # Arms, interleaved in every round (1 2 3 4 1 2 3 4 ...):
 #   none     no agent
@@ -11,6 +11,8 @@
 #   flowtel_nodns  the same with the DNS capture off: what the capture costs everything else
 #   flowtel_nat  the same with NAT reversal on (its egress program attached); the throughput
 #            loads are not DNATed: what NAT reversal costs everything else
+#   afpacket tcpdump -i any 'src port 53' to /dev/null: the other way to capture DNS answers, an
+#            AF_PACKET socket with a kernel filter, for comparison with flowtel's ingress program
 #   classic  libbpf-tools tcplife + tcpstates together
 # Loads: loopback connection churn (integration/bench/loadgen.rs, closed loop), iperf3 bulk (1 and
 # 4 streams), and many idle-but-open connections with a slow trickle (flowtel only: its CPU, poll
@@ -29,12 +31,14 @@ cd "$(dirname "$0")/../.."
 
 MODE=quick
 OUT=target/bench
+ROUNDS_OVERRIDE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --full) MODE=full ;;
     --out) OUT=$2; shift ;;
-    *) echo "usage: $0 [--quick|--full] [--out DIR]" >&2; exit 2 ;;
+    --rounds) ROUNDS_OVERRIDE=$2; shift ;;
+    *) echo "usage: $0 [--quick|--full] [--rounds N] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -43,10 +47,11 @@ if [ "$MODE" = full ]; then
 else
   ROUNDS=3 CHURN_SECS=2 BULK_SECS=1 IDLE_COUNTS="10000" IDLE_WINDOW=5 LOSS_SECS=5 STATS_SECS=2
 fi
+[ -n "$ROUNDS_OVERRIDE" ] && ROUNDS=$ROUNDS_OVERRIDE
 WORKERS=4
 [ "$(id -u)" = 0 ] || { echo "run as root (BPF)" >&2; exit 1; }
-for tool in bpftool clang iperf3 tcplife tcpstates python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install bpftool clang iperf3 libbpf-tools" >&2; exit 1; }
+for tool in bpftool clang iperf3 tcplife tcpstates tcpdump python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install bpftool clang iperf3 libbpf-tools tcpdump" >&2; exit 1; }
 done
 ROTEL=$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null) \
   || { echo "missing rotel: pip install rotel" >&2; exit 1; }
@@ -152,6 +157,9 @@ start_arm() {
       pin_egress=/sys/fs/bpf/flowtel_bench_floor_eg_$$
       bpftool prog load "$work/empty_egress.bpf.o" "$pin_egress" type cgroup/skb
       bpftool cgroup attach "$cgroup" egress pinned "$pin_egress" multi ;;
+    afpacket)
+      tcpdump -i any -n -w /dev/null 'src port 53' 2>"$work/tcpdump.err" & classic_pids="$!"
+      for _ in $(seq 100); do grep -q "listening on" "$work/tcpdump.err" && break; sleep 0.05; done ;;
     classic)
       tcplife >/dev/null 2>"$work/tcplife.err" & classic_pids="$!"
       tcpstates >/dev/null 2>"$work/tcpstates.err" & classic_pids="$classic_pids $!"
@@ -178,7 +186,7 @@ import json, sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_se
 
 # ------------------------------------------------------------------ interleaved throughput
 for round in $(seq "$ROUNDS"); do
-  for arm in none floor flowtel flowtel_nodns flowtel_nat classic; do
+  for arm in none floor flowtel flowtel_nodns flowtel_nat afpacket classic; do
     start_arm "$arm"
     [ "$arm" = flowtel ] && read -r u0 s0 < <(cpu_of "$agent_pid")
     t0=$(date +%s.%N)
