@@ -986,13 +986,13 @@ static __noinline int capture_dns(struct __sk_buff *skb, __u32 l4, __u32 transpo
 
 	ev = bpf_map_lookup_elem(&dns_scratch, &zero);
 	if (!ev)
-		return 1;
+		goto failed;
 	ev->tcp_seq = 0;
 	if (transport == IPPROTO_TCP) {
 		__u8 tcp[13];
 
 		if (bpf_skb_load_bytes(skb, l4, tcp, sizeof(tcp)))
-			return 1;
+			goto failed;
 		ev->tcp_seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
 		ev->client_port = ((__u16)tcp[2] << 8) | tcp[3];
 		payload = l4 + (tcp[12] >> 4) * 4;
@@ -1000,7 +1000,7 @@ static __noinline int capture_dns(struct __sk_buff *skb, __u32 l4, __u32 transpo
 		__u8 udp[4];
 
 		if (bpf_skb_load_bytes(skb, l4, udp, sizeof(udp)))
-			return 1;
+			goto failed;
 		ev->client_port = ((__u16)udp[2] << 8) | udp[3];
 		payload = l4 + 8;
 	}
@@ -1014,11 +1014,11 @@ static __noinline int capture_dns(struct __sk_buff *skb, __u32 l4, __u32 transpo
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		ev->ipv6 = 0;
 		if (bpf_skb_load_bytes(skb, 12, ev->server, 4) || bpf_skb_load_bytes(skb, 16, ev->client, 4))
-			return 1;
+			goto failed;
 	} else {
 		ev->ipv6 = 1;
 		if (bpf_skb_load_bytes(skb, 8, ev->server, 16) || bpf_skb_load_bytes(skb, 24, ev->client, 16))
-			return 1;
+			goto failed;
 	}
 	ev->cgroup_id = bpf_skb_cgroup_id(skb);
 	ev->transport = transport;
@@ -1030,10 +1030,13 @@ static __noinline int capture_dns(struct __sk_buff *skb, __u32 l4, __u32 transpo
 	len += 1;
 	ev->captured_len = len;
 	if (bpf_skb_load_bytes(skb, payload, ev->payload, len))
-		return 1;
+		goto failed;
 	/* user space reads the ring on a timer, never waiting on it: no wakeup to pay for */
 	if (bpf_ringbuf_output(&dns_answers, ev, offsetof(struct flowtel_dns_event, payload) + len, BPF_RB_NO_WAKEUP))
 		count(FLOWTEL_CTR_DNS_RING_FULL);
+	return 1;
+failed:
+	count(FLOWTEL_CTR_DNS_CAPTURE_FAILED);
 	return 1;
 }
 
@@ -1067,10 +1070,18 @@ int flowtel_dns(struct __sk_buff *skb)
 	}
 	if (transport != IPPROTO_UDP && transport != IPPROTO_TCP)
 		return 1;
-	/* the source port is the first field of both headers; the receive path has pulled it */
+	/* the source port is the first field of both headers; the receive path has pulled it, so
+	 * the helper is only a fallback */
 	sport = data + l4;
-	if ((void *)(sport + 1) > end || *sport != bpf_htons(53))
-		return 1;
+	if ((void *)(sport + 1) <= end) {
+		if (*sport != bpf_htons(53))
+			return 1;
+	} else {
+		__u16 port;
+
+		if (bpf_skb_load_bytes(skb, l4, &port, sizeof(port)) || port != bpf_htons(53))
+			return 1;
+	}
 	return capture_dns(skb, l4, transport);
 }
 
@@ -1084,12 +1095,12 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 	struct flowtel_nat_peer *nat = NULL;
 	__u64 cookie = 0;
 
+	if (!in_target_cgroup(sk))
+		return 0;
 	if (!tp) {
 		count(FLOWTEL_CTR_NO_TCP_SOCK);
 		return 0;
 	}
-	if (!in_target_cgroup((struct sock *)tp))
-		return 0;
 	/* servers have no entry: no cookie is made for them */
 	if (flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT) {
 		cookie = cookie_if_any((struct sock *)tp);

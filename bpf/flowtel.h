@@ -71,7 +71,9 @@ enum flowtel_counter {
 	FLOWTEL_CTR_NAT_PREEXISTING = 7,
 	/* a DNS answer found the ring buffer full and was not handed up (dns.ring_buffer_bytes) */
 	FLOWTEL_CTR_DNS_RING_FULL = 8,
-	FLOWTEL_COUNTERS = 9,
+	/* a packet from port 53 that could not be read (never expected) */
+	FLOWTEL_CTR_DNS_CAPTURE_FAILED = 9,
+	FLOWTEL_COUNTERS = 10,
 };
 
 /* A flow pair: connections collapsed by dropping the client's ephemeral port. */

@@ -95,11 +95,12 @@ pub struct DnsSection {
 
 impl Default for DnsSection {
     fn default() -> Self {
+        use crate::enrich::dns::cache::{DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TTL_SECS, DEFAULT_MIN_TTL_SECS};
         Self {
             enabled: true,
-            min_ttl_secs: 60,
-            max_ttl_secs: 3600,
-            max_entries: 16_384,
+            min_ttl_secs: DEFAULT_MIN_TTL_SECS,
+            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
+            max_entries: DEFAULT_MAX_ENTRIES,
             ring_buffer_bytes: crate::sampler::DEFAULT_DNS_RING_BYTES,
             top_shows_names: true,
         }

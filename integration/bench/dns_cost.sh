@@ -78,7 +78,7 @@ PY
 }
 
 sysctl -qw kernel.bpf_stats_enabled=1
-printf "%-14s %6s %12s %10s %14s %16s %10s\n" arm round queries/s answered "ingress ns/ans" "agent us/answer" learned
+printf "%-14s %6s %12s %10s %14s %16s %10s\n" arm round queries/s answered "ingress ns/call" "agent us/answer" learned
 for round in $(seq "$ROUNDS"); do
   for arm in none flowtel_nodns flowtel; do
     rm -f "$work/export.jsonl"

@@ -61,8 +61,6 @@ pub struct Annotations {
     no_api: Arc<ApiIndex>,
     /// For a pair the table holds but `refresh` has not seen (never in the poller).
     unannotated: Annotation,
-    /// The DNS cache's generation at the last `name_peers`.
-    dns_generation: u64,
 }
 
 impl Annotations {
@@ -102,21 +100,20 @@ impl Annotations {
     }
 
     /// Names peers from the DNS cache: pairs never asked yet, and pairs still without a name
-    /// when answers arrived since the last call. A named pair keeps its name (see
+    /// whose address was answered since the last call. A named pair keeps its name (see
     /// [`crate::enrich::dns`]). A NAT-reversed pair is named by the address its client connected
     /// to: that is the one the name resolved to.
-    pub fn name_peers(&mut self, table: &FlowTable, dns: &DnsNames, now: Instant) {
-        let answers_arrived = dns.generation() != self.dns_generation;
-        self.dns_generation = dns.generation();
+    pub fn name_peers(&mut self, table: &FlowTable, dns: &mut DnsNames, now: Instant) {
+        let answered = dns.take_answered();
         for pair in table.iter() {
             let Some(a) = self.by_key.get_mut(&pair.key) else {
                 continue;
             };
-            if a.dns_name.is_some() || (a.dns_asked && !answers_arrived) {
+            let address = pair.original.map_or(pair.key.remote, |o| o.ip());
+            if a.dns_name.is_some() || (a.dns_asked && !answered.contains(&address)) {
                 continue;
             }
             a.dns_asked = true;
-            let address = pair.original.map_or(pair.key.remote, |o| o.ip());
             a.dns_name = dns.name(address, pair.owner.cgroup_id, now);
         }
     }

@@ -104,6 +104,24 @@ mod tests {
     const KEY: &str = "correct horse battery staple";
 
     #[test]
+    fn a_dns_name_is_redacted_with_the_addresses_and_never_collides_with_one() {
+        let redact = PeerAddresses::new(true, Some(KEY)).expect("key");
+        assert_eq!(PeerAddresses::Plain.show_name("api.example.com"), "api.example.com");
+        let shown = redact.show_name("api.example.com");
+        assert!(shown.starts_with("hmac:") && shown.len() == 21, "{shown}");
+        assert!(!shown.contains("example"));
+        assert_eq!(shown, redact.show_name("api.example.com"), "stable");
+        assert_ne!(shown, redact.show_name("www.example.com"));
+        // four name bytes that spell an address hash apart from it
+        let bytes = [10u8, 1, 2, 3];
+        let as_name = std::str::from_utf8(&bytes).expect("ascii");
+        assert_ne!(
+            redact.show_name(as_name),
+            redact.show("10.1.2.3".parse().expect("address"))
+        );
+    }
+
+    #[test]
     fn plain_by_default() {
         let peer: IpAddr = "10.1.2.3".parse().expect("address");
         assert_eq!(PeerAddresses::default().show(peer), "10.1.2.3");

@@ -169,6 +169,8 @@ pub struct AgentCounters {
     pub dns_ring_full: u64,
     /// DNS ring-buffer records that did not decode (never expected).
     pub dns_undecodable: u64,
+    /// Packets from port 53 the kernel could not read (never expected).
+    pub dns_capture_failed: u64,
 }
 
 /// One poll's result.
@@ -542,6 +544,7 @@ impl Sampler {
         counters.nat_unstored = read(types::flowtel_counter::FLOWTEL_CTR_NAT_UNSTORED)?;
         counters.nat_preexisting = read(types::flowtel_counter::FLOWTEL_CTR_NAT_PREEXISTING)?;
         counters.dns_ring_full = read(types::flowtel_counter::FLOWTEL_CTR_DNS_RING_FULL)?;
+        counters.dns_capture_failed = read(types::flowtel_counter::FLOWTEL_CTR_DNS_CAPTURE_FAILED)?;
         counters.dns_undecodable = self.dns_ring.as_ref().map_or(0, |r| r.undecodable());
         let progs = &self.skel.progs;
         counters.close_fold_skipped = [

@@ -28,11 +28,14 @@ pub enum AnswerError {
 }
 
 /// The A and AAAA answers of one response; empty for a response without any (NXDOMAIN, MX...).
+/// Only records whose CNAME chain leads back to a name the response says was asked are taken, as
+/// a resolver would: a record about some other name, or a chain that loops, names nothing.
 pub fn answers(message: &[u8]) -> Result<Vec<Answer>, AnswerError> {
     let message = Message::from_vec(message).map_err(|e| AnswerError::Malformed(e.to_string()))?;
     if message.metadata.message_type != MessageType::Response {
         return Err(AnswerError::NotAResponse);
     }
+    let asked: Vec<String> = message.queries.iter().map(|q| plain_name(q.name())).collect();
     // alias target -> (alias, TTL): walked backwards from each address record
     let aliases: HashMap<String, (String, u32)> = message
         .answers
@@ -52,12 +55,18 @@ pub fn answers(message: &[u8]) -> Result<Vec<Answer>, AnswerError> {
                 _ => return None,
             };
             let (mut name, mut ttl_secs) = (plain_name(&r.name), r.ttl);
-            for _ in 0..MAX_CHAIN {
-                let Some((alias, alias_ttl)) = aliases.get(&name) else {
-                    break;
-                };
+            let mut links = 0;
+            while let Some((alias, alias_ttl)) = aliases.get(&name) {
+                links += 1;
+                if links > MAX_CHAIN {
+                    return None;
+                }
                 name.clone_from(alias);
                 ttl_secs = ttl_secs.min(*alias_ttl);
+            }
+            // a response that names no question (some proxies strip it) is taken as it is
+            if !asked.is_empty() && !asked.contains(&name) {
+                return None;
             }
             Some(Answer {
                 address,
@@ -90,9 +99,13 @@ mod tests {
     }
 
     fn response(records: Vec<Record>) -> Vec<u8> {
+        response_to("www.example.com.", records)
+    }
+
+    fn response_to(question: &str, records: Vec<Record>) -> Vec<u8> {
         let mut m = Message::query();
         m.metadata.message_type = MessageType::Response;
-        m.add_query(Query::query(name("www.example.com."), RecordType::A));
+        m.add_query(Query::query(name(question), RecordType::A));
         for r in records {
             m.add_answer(r);
         }
@@ -101,11 +114,14 @@ mod tests {
 
     #[test]
     fn an_address_record_gives_its_owner_name_and_ttl() {
-        let bytes = response(vec![Record::from_rdata(
-            name("API.Example.com."),
-            300,
-            RData::A(A::new(10, 1, 2, 3)),
-        )]);
+        let bytes = response_to(
+            "api.example.com.",
+            vec![Record::from_rdata(
+                name("API.Example.com."),
+                300,
+                RData::A(A::new(10, 1, 2, 3)),
+            )],
+        );
         assert_eq!(
             answers(&bytes).expect("parsed"),
             vec![Answer {
@@ -139,13 +155,30 @@ mod tests {
     }
 
     #[test]
-    fn a_cname_loop_ends() {
-        let bytes = response(vec![
-            Record::from_rdata(name("a.test."), 60, RData::CNAME(CNAME(name("b.test.")))),
-            Record::from_rdata(name("b.test."), 60, RData::CNAME(CNAME(name("a.test.")))),
-            Record::from_rdata(name("a.test."), 60, RData::A(A::new(10, 0, 0, 1))),
-        ]);
-        assert_eq!(answers(&bytes).expect("parsed").len(), 1);
+    fn a_cname_loop_names_nothing() {
+        let bytes = response_to(
+            "a.test.",
+            vec![
+                Record::from_rdata(name("a.test."), 60, RData::CNAME(CNAME(name("b.test.")))),
+                Record::from_rdata(name("b.test."), 60, RData::CNAME(CNAME(name("a.test.")))),
+                Record::from_rdata(name("a.test."), 60, RData::A(A::new(10, 0, 0, 1))),
+            ],
+        );
+        assert_eq!(answers(&bytes).expect("parsed"), vec![]);
+    }
+
+    #[test]
+    fn a_record_about_a_name_not_asked_is_not_taken() {
+        let bytes = response_to(
+            "www.example.com.",
+            vec![
+                Record::from_rdata(name("www.example.com."), 60, RData::A(A::new(10, 0, 0, 1))),
+                Record::from_rdata(name("bank.example.net."), 60, RData::A(A::new(10, 0, 0, 2))),
+            ],
+        );
+        let got = answers(&bytes).expect("parsed");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     }
 
     #[test]

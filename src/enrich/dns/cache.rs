@@ -1,16 +1,20 @@
-//! Address -> the names it was resolved from, each with who resolved it and until when.
+//! Address -> the names it was resolved from: the newest per cgroup that resolved it, each with
+//! when and until when.
 //!
-//! Bounded twice: at most `max_entries` addresses, and [`NAMES_PER_ADDRESS`] names each. A full
-//! cache first forgets what has expired, then the addresses closest to expiry, a batch at a
-//! time; each address forgotten early is counted.
+//! Bounded twice: at most `max_entries` addresses, and [`CGROUPS_PER_ADDRESS`] resolutions each.
+//! A full cache first forgets what has expired, then the addresses closest to expiry, a batch at
+//! a time; each address or resolution forgotten before it expired is counted.
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Names kept per address: CDNs and shared hosting put many names on one address, and only the
-/// most recent few can matter to a new connection.
-pub const NAMES_PER_ADDRESS: usize = 4;
+/// Cgroups whose resolution of one address is kept: the owner's own name must survive other
+/// workloads resolving the same address, but not without bound.
+pub const CGROUPS_PER_ADDRESS: usize = 8;
+pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
+pub const DEFAULT_MAX_TTL_SECS: u64 = 3600;
+pub const DEFAULT_MAX_ENTRIES: usize = 16_384;
 /// A full cache makes room for this fraction of its capacity at a time.
 const ROOM_BATCH_DIVISOR: usize = 16;
 
@@ -24,9 +28,9 @@ pub struct DnsCacheConfig {
 impl Default for DnsCacheConfig {
     fn default() -> Self {
         Self {
-            min_ttl: Duration::from_secs(60),
-            max_ttl: Duration::from_secs(3600),
-            max_entries: 16_384,
+            min_ttl: Duration::from_secs(DEFAULT_MIN_TTL_SECS),
+            max_ttl: Duration::from_secs(DEFAULT_MAX_TTL_SECS),
+            max_entries: DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -43,9 +47,10 @@ struct Resolution {
 #[derive(Debug, Default)]
 pub struct NameCache {
     config: DnsCacheConfig,
-    /// Oldest resolution first.
+    /// Oldest resolution first; one per cgroup.
     by_address: HashMap<IpAddr, Vec<Resolution>>,
-    /// Addresses forgotten before their names expired, to make room.
+    /// Addresses forgotten before their names expired, to make room, and resolutions pushed out
+    /// by more than [`CGROUPS_PER_ADDRESS`] cgroups resolving one address.
     pub evicted: u64,
 }
 
@@ -74,19 +79,25 @@ impl NameCache {
             self.make_room(now);
         }
         let names = self.by_address.entry(address).or_default();
-        // the same name from the same cgroup again: renewed, and now the most recent
-        let name: Arc<str> = match names.iter().position(|r| &*r.name == name && r.cgroup_id == cgroup_id) {
-            Some(i) => names.remove(i).name,
+        // a cgroup's newest resolution replaces its earlier one, and is now the most recent
+        let name: Arc<str> = match names.iter().position(|r| r.cgroup_id == cgroup_id) {
+            Some(i) => Some(names.remove(i).name)
+                .filter(|n| &**n == name)
+                .unwrap_or_else(|| Arc::from(name)),
             None => Arc::from(name),
         };
         names.push(Resolution {
             name,
             cgroup_id,
             resolved: now,
-            expires: now + ttl,
+            // a far-off expiry is as good as none
+            expires: now
+                .checked_add(ttl)
+                .unwrap_or(now + Duration::from_secs(DEFAULT_MAX_TTL_SECS)),
         });
-        if names.len() > NAMES_PER_ADDRESS {
+        if names.len() > CGROUPS_PER_ADDRESS {
             names.remove(0);
+            self.evicted += 1;
         }
     }
 
@@ -194,7 +205,34 @@ mod tests {
     }
 
     #[test]
-    fn names_per_address_and_addresses_are_bounded_and_early_evictions_counted() {
+    fn a_cgroup_keeps_its_newest_name_only() {
+        let t0 = Instant::now();
+        let mut c = cache(8);
+        let a = ip("10.0.0.3");
+        c.insert(a, "a.test", 1, Duration::from_secs(60), t0);
+        c.insert(a, "b.test", 1, Duration::from_secs(60), t0 + Duration::from_secs(1));
+        assert_eq!(c.by_address[&a].len(), 1);
+        assert_eq!(
+            c.name(a, Some(1), t0 + Duration::from_secs(2)).map(|n| &**n),
+            Some("b.test")
+        );
+        assert_eq!(c.evicted, 0);
+    }
+
+    #[test]
+    fn a_huge_ttl_does_not_overflow() {
+        let t0 = Instant::now();
+        let mut c = NameCache::new(DnsCacheConfig {
+            min_ttl: Duration::from_secs(u64::MAX / 2),
+            max_ttl: Duration::from_secs(u64::MAX / 2),
+            max_entries: 4,
+        });
+        c.insert(ip("10.0.0.4"), "far.test", 1, Duration::from_secs(1), t0);
+        assert!(c.name(ip("10.0.0.4"), None, t0).is_some());
+    }
+
+    #[test]
+    fn cgroups_per_address_and_addresses_are_bounded_and_early_evictions_counted() {
         let t0 = Instant::now();
         let mut c = cache(32);
         let a = ip("10.0.0.1");
@@ -202,12 +240,14 @@ mod tests {
             c.insert(
                 a,
                 &format!("n{i}.test"),
-                1,
+                i,
                 Duration::from_secs(60),
                 t0 + Duration::from_millis(i),
             );
         }
-        assert_eq!(c.by_address[&a].len(), NAMES_PER_ADDRESS);
+        assert_eq!(c.by_address[&a].len(), CGROUPS_PER_ADDRESS);
+        assert_eq!(c.evicted, 2, "two cgroups' resolutions pushed out");
+        c.evicted = 0;
         for i in 0..100u32 {
             let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i));
             c.insert(address, "x.test", 1, Duration::from_secs(10 + u64::from(i)), t0);

@@ -4,12 +4,14 @@
 //!
 //! Which name a pair gets: its peer's (for a NAT-reversed pair, the address the client
 //! connected to), as most recently resolved by the pair owner's cgroup, else by anyone. A pair
-//! takes its name when it is first seen, or later when its address is first resolved, and keeps
-//! it while it lives, so that its series never change identity.
+//! takes its name when it is first seen; one first seen without a name (a connection older than
+//! the agent, say) takes one at the next answer for its address. A named pair keeps its name
+//! while it lives: its series change identity at most once, from unnamed to named.
 pub mod answers;
 pub mod cache;
 pub mod tcp;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +47,9 @@ pub struct DnsNames {
     cache: NameCache,
     streams: TcpStreams,
     stats: DnsStats,
-    /// Moves whenever an answer is learned: pairs still without a name look again.
-    generation: u64,
+    /// Addresses answered since the last [`DnsNames::take_answered`]: the pairs without a name
+    /// that may now get one. Bounded by what one poll interval's ring buffer holds.
+    answered: HashSet<IpAddr>,
     last_sweep: Option<Instant>,
 }
 
@@ -80,7 +83,7 @@ impl DnsNames {
                         client: capture.client,
                     };
                     if capture.cut_short() {
-                        self.streams.abandon(&key);
+                        self.streams.abandon(key, now);
                         self.stats.too_long += 1;
                         continue;
                     }
@@ -99,10 +102,8 @@ impl DnsNames {
             Ok(found) => {
                 self.stats.responses += 1;
                 self.stats.answers += found.len() as u64;
-                if !found.is_empty() {
-                    self.generation += 1;
-                }
                 for a in found {
+                    self.answered.insert(a.address);
                     let ttl = Duration::from_secs(u64::from(a.ttl_secs));
                     self.cache.insert(a.address, &a.name, cgroup_id, ttl, now);
                 }
@@ -119,8 +120,9 @@ impl DnsNames {
         self.cache.name(address, cgroup_id, now).cloned()
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// The addresses answered since the last call.
+    pub fn take_answered(&mut self) -> HashSet<IpAddr> {
+        std::mem::take(&mut self.answered)
     }
 
     pub fn stats(&self) -> DnsStats {
@@ -128,5 +130,71 @@ impl DnsNames {
             malformed: self.stats.malformed + self.streams.abandoned,
             ..self.stats
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn response(name: &str, address: [u8; 4]) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.message_type = MessageType::Response;
+        let name = Name::from_ascii(name).expect("name");
+        m.add_query(Query::query(name.clone(), RecordType::A));
+        m.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::A(A(std::net::Ipv4Addr::from(address))),
+        ));
+        m.to_vec().expect("encode")
+    }
+
+    fn capture(transport: DnsTransport, seq: u32, payload: Vec<u8>, wire_len: usize) -> DnsCapture {
+        DnsCapture {
+            cgroup_id: 7,
+            server: "10.0.0.53".parse().expect("ip"),
+            client: "10.0.0.1:40000".parse().expect("addr"),
+            transport,
+            tcp_seq: seq,
+            wire_len: wire_len as u32,
+            payload,
+        }
+    }
+
+    #[test]
+    fn udp_and_tcp_answers_are_learned_and_bad_ones_counted() {
+        let now = Instant::now();
+        let mut dns = DnsNames::new(DnsCacheConfig::default());
+        let udp = response("udp.test.", [10, 0, 0, 1]);
+        let mut tcp = (response("tcp.test.", [10, 0, 0, 2]).len() as u16)
+            .to_be_bytes()
+            .to_vec();
+        tcp.extend(response("tcp.test.", [10, 0, 0, 2]));
+        let (head, tail) = tcp.split_at(7);
+        dns.ingest(
+            vec![
+                capture(DnsTransport::Udp, 0, udp.clone(), udp.len()),
+                capture(DnsTransport::Tcp, 100, head.to_vec(), head.len()),
+                capture(DnsTransport::Tcp, 107, tail.to_vec(), tail.len()),
+                capture(DnsTransport::Udp, 0, vec![0xff; 5], 5),
+                capture(DnsTransport::Udp, 0, udp[..10].to_vec(), 5000),
+            ],
+            now,
+        );
+        let stats = dns.stats();
+        assert_eq!((stats.responses, stats.answers), (2, 2));
+        assert_eq!((stats.malformed, stats.too_long), (1, 1));
+        assert_eq!(stats.cache_entries, 2);
+        assert_eq!(
+            dns.name("10.0.0.2".parse().expect("ip"), Some(7), now).as_deref(),
+            Some("tcp.test")
+        );
+        let answered = dns.take_answered();
+        assert_eq!(answered.len(), 2);
+        assert!(dns.take_answered().is_empty(), "taken once");
     }
 }

@@ -285,7 +285,6 @@ impl TopModel {
         self.descending = self.sort.descending_by_default();
     }
 
-    /// All categories, then each one in turn.
     /// Switches the peer column between DNS names and addresses.
     pub fn toggle_names(&mut self) {
         self.show_names = !self.show_names;
@@ -294,6 +293,7 @@ impl TopModel {
         }
     }
 
+    /// All categories, then each one in turn.
     pub fn cycle_filter(&mut self) {
         self.filter = match self.filter {
             None => Some(Category::ALL[0]),

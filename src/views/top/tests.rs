@@ -201,3 +201,20 @@ fn once_prints_every_column_and_the_monitors() {
     assert!(lines[2].contains("93.184.216.34"), "TX/s order: {text}");
     assert!(text.contains("app-to-db  1  1.0KiB"), "{text}");
 }
+
+#[test]
+fn the_n_key_switches_the_peer_column_between_names_and_addresses() {
+    let mut m = model();
+    let mut state = TableState::default();
+    let address = m.rows[0].peer_address.clone();
+    m.rows[0].peer_dns_name = Some("db.example.com".into());
+    // rows built with names shown: the toggle renders every row again
+    handle_key(KeyCode::Char('n'), KeyModifiers::NONE, &mut m, &mut state);
+    assert!(!m.show_names);
+    assert_eq!(m.rows[0].cell(Column::Peer), address);
+    handle_key(KeyCode::Char('n'), KeyModifiers::NONE, &mut m, &mut state);
+    assert!(m.show_names);
+    assert_eq!(m.rows[0].cell(Column::Peer), "db.example.com");
+    // a row without a name shows its address either way
+    assert_eq!(m.rows[1].cell(Column::Peer), m.rows[1].peer_address);
+}
