@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}
 QUERIES=${2:-20000}
 [ "$(id -u)" = 0 ] || { echo "run as root (BPF)" >&2; exit 1; }
-command -v dnsmasq >/dev/null || { echo "missing dnsmasq: apt-get install dnsmasq" >&2; exit 1; }
+command -v dnsmasq >/dev/null || { echo "missing dnsmasq: apt-get install dnsmasq-base" >&2; exit 1; }
 cargo build --release --quiet --bin flowtel
 BIN=$PWD/target/release/flowtel
 work=$(mktemp -d)
