@@ -197,4 +197,61 @@ mod tests {
         assert_eq!(answered.len(), 2);
         assert!(dns.take_answered().is_empty(), "taken once");
     }
+
+    #[test]
+    fn pairs_are_named_once_by_the_address_asked_for_and_keep_their_name() {
+        use crate::flows::{FlowCounters, FlowTable, FlowTableConfig};
+        let now = Instant::now();
+        let enricher = crate::enrich::Enricher::default();
+        let mut table = FlowTable::new(FlowTableConfig::default());
+        let one = FlowCounters {
+            bytes_sent: 1,
+            ..Default::default()
+        };
+        let mut dns = DnsNames::new(DnsCacheConfig::default());
+        let answer = |name: &str, address: [u8; 4]| {
+            let payload = response(name, address);
+            let len = payload.len();
+            capture(DnsTransport::Udp, 0, payload, len)
+        };
+        // an address resolved before its pair appears; a NAT-reversed pair whose backend has a
+        // name of its own, but whose client asked for the service address
+        dns.ingest(
+            vec![
+                answer("api.test.", [10, 0, 2, 1]),
+                answer("svc.test.", [10, 96, 0, 10]),
+                answer("backend.test.", [10, 0, 2, 3]),
+            ],
+            now,
+        );
+        let deltas = [
+            crate::testing::delta([10, 0, 2, 1], 443, one.clone()),
+            crate::testing::delta([10, 0, 2, 2], 443, one.clone()),
+            crate::testing::delta([10, 0, 2, 3], 8080, one.clone()),
+        ];
+        table.apply_poll(&deltas, &FlowCounters::default(), now);
+        let reversed = crate::testing::key([10, 0, 2, 3], 8080);
+        table.note_originals(&[(reversed, "10.96.0.10:80".parse().expect("address"))]);
+        let mut annotations = crate::testing::annotate(&table, &enricher);
+        annotations.name_peers(&table, &mut dns, now);
+        let name = |a: &crate::enrich::Annotations, peer: [u8; 4], port: u16| {
+            a.get(&crate::testing::key(peer, port))
+                .and_then(|a| a.dns_name.as_deref().map(str::to_string))
+        };
+        assert_eq!(name(&annotations, [10, 0, 2, 1], 443).as_deref(), Some("api.test"));
+        assert_eq!(name(&annotations, [10, 0, 2, 2], 443), None, "never resolved");
+        assert_eq!(name(&annotations, [10, 0, 2, 3], 8080).as_deref(), Some("svc.test"));
+        // later answers: the unnamed pair is named at its address's first answer, a named pair
+        // keeps its name
+        dns.ingest(
+            vec![
+                answer("late.test.", [10, 0, 2, 2]),
+                answer("other.test.", [10, 0, 2, 1]),
+            ],
+            now,
+        );
+        annotations.name_peers(&table, &mut dns, now);
+        assert_eq!(name(&annotations, [10, 0, 2, 2], 443).as_deref(), Some("late.test"));
+        assert_eq!(name(&annotations, [10, 0, 2, 1], 443).as_deref(), Some("api.test"));
+    }
 }
