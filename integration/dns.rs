@@ -16,8 +16,8 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use support::agent::{dropped, file_exports, start_agent, start_rotel, stop, wait_listening, FilePoint, BIN};
-use support::{free_port, http_get, nft_rule, run, run_in, wait_for, Reaped, VethPair};
+use support::agent::{bare, dropped, file_exports, start_agent, start_rotel, stop, wait_listening, FilePoint, BIN};
+use support::{free_port, http_get, nft_rule, nft_script, run, run_in, wait_for, ChildCgroup, Reaped, VethPair};
 
 const NAME_ATTR: &str = "flowtel.peer.dns.name";
 
@@ -386,20 +386,26 @@ fn agent(dir: &Path, extra: &[(&str, String)]) -> (Reaped, PathBuf) {
     (agent, file)
 }
 
+/// A byte point of the client pair to `port` in one export.
+fn client_point(export: &[FilePoint], port: u16) -> Option<&FilePoint> {
+    export.iter().find(|p| {
+        p.metric == "flowtel.tcp.bytes"
+            && p.attr("server.port") == Some(&port.to_string())
+            && p.attr("network.tcp.handshake.role") == Some("client")
+    })
+}
+
+/// The client pair to `port` in the last export that has it.
+fn last_client_point(file: &Path, port: u16) -> Option<FilePoint> {
+    file_exports(file)
+        .iter()
+        .rev()
+        .find_map(|export| client_point(export, port).cloned())
+}
+
 /// The name on the client pair's byte series to `port` in the last export that has one.
 fn client_name(file: &Path, port: u16) -> Option<Option<String>> {
-    let exports = file_exports(file);
-    exports.iter().rev().find_map(|export| {
-        let points: Vec<&FilePoint> = export
-            .iter()
-            .filter(|p| {
-                p.metric == "flowtel.tcp.bytes"
-                    && p.attr("server.port") == Some(&port.to_string())
-                    && p.attr("network.tcp.handshake.role") == Some("client")
-            })
-            .collect();
-        (!points.is_empty()).then(|| points[0].attr(NAME_ATTR).map(str::to_string))
-    })
+    last_client_point(file, port).map(|p| p.attr(NAME_ATTR).map(str::to_string))
 }
 
 /// Waits for the client pair to `port` to be exported, and returns its name.
@@ -414,14 +420,6 @@ fn exported_name(file: &Path, port: u16) -> Option<String> {
         },
     );
     name.flatten()
-}
-
-/// rotel's `Str(x)`, `Int(5)` as the bare value.
-fn bare(value: &str) -> &str {
-    value
-        .split_once('(')
-        .and_then(|(_, rest)| rest.strip_suffix(')'))
-        .unwrap_or(value)
 }
 
 fn last_export(file: &Path) -> Vec<FilePoint> {
@@ -533,24 +531,6 @@ fn a_resolved_name_labels_the_pair_in_otlp_on_metrics_and_in_the_file() {
     );
 }
 
-/// A child cgroup of the watched hierarchy, removed on drop (after its processes exited).
-struct ChildCgroup(PathBuf);
-
-impl ChildCgroup {
-    fn new(suffix: &str) -> Self {
-        let root = flowtel::sampler::cgroup2_root().expect("cgroup v2 mounted");
-        let path = root.join(format!("flowtel-dns-test-{}{suffix}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create child cgroup");
-        Self(path)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn the_owners_own_resolution_wins_and_an_expired_name_is_not_given() {
     let _serial = support::serial();
@@ -561,7 +541,7 @@ fn the_owners_own_resolution_wins_and_an_expired_name_is_not_given() {
         format!("--host-record=short.flowtel.test,{},1", lab_v4(2, 13)),
     ];
     let lab = DnsLab::new(2, &records, &[p_latest, p_own, p_short, p_expired]);
-    let other = ChildCgroup::new("-other");
+    let other = ChildCgroup::named("-other");
     let (mut agent, file) = agent(lab.dir.path(), &[("FLOWTEL_DNS__MIN_TTL_SECS", "1".to_string())]);
 
     // two names for one address: the most recently resolved one
@@ -595,14 +575,7 @@ fn the_owners_own_resolution_wins_and_an_expired_name_is_not_given() {
     assert_eq!(exported_name(&file, p_expired), None, "expired: no name");
     // the pair named before the expiry keeps its name, in an export made after it
     let after_expiry = last_export(&file);
-    let short = after_expiry
-        .iter()
-        .find(|p| {
-            p.metric == "flowtel.tcp.bytes"
-                && p.attr("server.port") == Some(&p_short.to_string())
-                && p.attr("network.tcp.handshake.role") == Some("client")
-        })
-        .expect("the named pair is still exported");
+    let short = client_point(&after_expiry, p_short).expect("the named pair is still exported");
     assert_eq!(short.attr(NAME_ATTR), Some("short.flowtel.test"));
     stop(&mut agent);
 }
@@ -726,15 +699,7 @@ fn a_service_name_stays_with_the_address_the_client_connected_to_after_nat_rever
     );
     let mut pair = None;
     wait_for("the reversed pair exported", Duration::from_secs(15), || {
-        pair = file_exports(&file).iter().rev().find_map(|e| {
-            e.iter()
-                .find(|p| {
-                    p.metric == "flowtel.tcp.bytes"
-                        && p.attr("server.port") == Some(&port.to_string())
-                        && p.attr("network.tcp.handshake.role") == Some("client")
-                })
-                .cloned()
-        });
+        pair = last_client_point(&file, port);
         pair.is_some()
     });
     let pair = pair.expect("pair");
@@ -763,13 +728,7 @@ impl NatRule {
              add chain ip {table} out {{ type nat hook output priority -100; policy accept; }}\n\
              add rule ip {table} out ip daddr {service} tcp dport {port} dnat to {backend}\n"
         );
-        let mut nft = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft runs");
-        std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), script.as_bytes()).expect("nft script");
-        assert!(nft.wait().expect("nft").success(), "the DNAT rule");
+        nft_script(&script, "the DNAT rule");
         rule
     }
 }

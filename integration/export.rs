@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::agent::{lines, parse, start_agent, start_agent_with, start_rotel, stop, Point};
+use support::agent::{bare, lines, parse, start_agent, start_agent_with, start_rotel, stop, Point};
 use support::{free_port, http_get, runtime, start_prometheus};
 
 fn exchange_known_bytes() -> u16 {
@@ -186,14 +186,6 @@ fn prometheus_family(name: &str, unit: &str, kind: &str) -> (String, &'static st
         _ => "histogram",
     };
     (base, kind)
-}
-
-/// `rotel`'s `Str(x)`, `Int(5)`, `Bool(true)` as the bare value.
-fn bare(value: &str) -> &str {
-    value
-        .split_once('(')
-        .and_then(|(_, rest)| rest.strip_suffix(')'))
-        .unwrap_or(value)
 }
 
 /// The families with at least one sample on an OpenMetrics page, and each sample's value by

@@ -569,28 +569,6 @@ fn long_lived_flow_is_current_every_poll_inside_namespaces() {
     long_lived(true);
 }
 
-/// A child cgroup removed on drop, after the processes moved into it have exited.
-struct ChildCgroup(std::path::PathBuf);
-
-impl ChildCgroup {
-    fn new() -> Self {
-        Self::named("")
-    }
-
-    fn named(suffix: &str) -> Self {
-        let root = flowtel::sampler::cgroup2_root().expect("cgroup v2 mounted");
-        let path = root.join(format!("flowtel-test-{}{suffix}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create child cgroup");
-        Self(path)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// A bash client that joins `cgroup` (when given) before it connects, sends `hello`, and reads
 /// the answer: its socket belongs to that cgroup.
 fn bash_client(cgroup: Option<&std::path::Path>, port: u16) {

@@ -133,13 +133,7 @@ impl DnatLab {
             s = plan.service,
             b = plan.backend_target(),
         );
-        let mut nft = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft runs");
-        std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), script.as_bytes()).expect("nft script");
-        assert!(nft.wait().expect("nft").success(), "the DNAT rule");
+        support::nft_script(&script, "the DNAT rule");
         lab
     }
 

@@ -180,6 +180,14 @@ pub fn stop(agent: &mut Reaped) {
     assert!(agent.0.wait().expect("flowtel exits").success());
 }
 
+/// `rotel`'s `Str(x)`, `Int(5)`, `Bool(true)` as the bare value.
+pub fn bare(value: &str) -> &str {
+    value
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(value)
+}
+
 /// rotel's debug log at `path`, parsed; empty while rotel has not written it.
 pub fn rotel_points(path: &std::path::Path) -> Vec<Point> {
     parse(&std::fs::read_to_string(path).unwrap_or_default()).0

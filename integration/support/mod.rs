@@ -20,6 +20,44 @@ pub mod fake_kube;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A child cgroup of the watched hierarchy, removed on drop, after the processes moved into it
+/// have exited.
+pub struct ChildCgroup(pub std::path::PathBuf);
+
+impl ChildCgroup {
+    pub fn new() -> Self {
+        Self::named("")
+    }
+
+    pub fn named(suffix: &str) -> Self {
+        let root = flowtel::sampler::cgroup2_root().expect("cgroup v2 mounted");
+        let path = root.join(format!("flowtel-test-{}{suffix}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create child cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Applies an nftables script (`nft -f -`); `what` names it in the failure.
+pub fn nft_script(script: &str, what: &str) {
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft runs");
+    nft.stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("nft script");
+    assert!(nft.wait().expect("nft").success(), "{what}");
+}
+
 /// Kernel tests run one at a time: each attaches its own programs to the same cgroup, and the
 /// fault and timing tests must not share two cores with a churn or bulk test.
 pub fn serial() -> MutexGuard<'static, ()> {
