@@ -40,10 +40,11 @@ pub(super) fn dns_event(record: &[u8]) -> Option<super::dns_capture::DnsCapture>
     if record.len() > EVENT_BYTES {
         return None;
     }
-    let mut padded = vec![0u8; EVENT_BYTES];
-    padded[..record.len()].copy_from_slice(record);
+    // the record is the event cut after its payload: copied over a zeroed event, once
     let mut raw = Box::<types::flowtel_dns_event>::default();
-    plain::copy_from_bytes(&mut *raw, &padded).ok()?;
+    // SAFETY: a Plain type (above): any bytes written into it make a valid value
+    let bytes = unsafe { plain::as_mut_bytes(&mut *raw) };
+    bytes[..record.len()].copy_from_slice(record);
     let header = EVENT_BYTES - raw.payload.len();
     let captured = usize::from(raw.captured_len);
     if record.len() < header + captured {

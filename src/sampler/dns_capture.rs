@@ -1,6 +1,6 @@
 //! DNS answers as the kernel handed them up (`flowtel_dns` into the `dns_answers` ring buffer),
 //! decoded into owned captures. Parsing the messages is `enrich::dns`'s job, not this module's.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
@@ -44,20 +44,20 @@ pub(super) struct DnsRing {
     ring: RingBuffer<'static>,
     received: Rc<RefCell<Vec<DnsCapture>>>,
     /// Records that did not decode (never expected: the layout is the skeleton's).
-    undecodable: Rc<RefCell<u64>>,
+    undecodable: Rc<Cell<u64>>,
 }
 
 impl DnsRing {
     pub fn new(map: &dyn libbpf_rs::MapCore) -> Result<Self, SamplerError> {
         let received = Rc::new(RefCell::new(Vec::new()));
-        let undecodable = Rc::new(RefCell::new(0));
+        let undecodable = Rc::new(Cell::new(0));
         let (sink, bad) = (Rc::clone(&received), Rc::clone(&undecodable));
         let mut builder = RingBufferBuilder::new();
         builder
             .add(map, move |record: &[u8]| {
                 match decode::dns_event(record) {
                     Some(capture) => sink.borrow_mut().push(capture),
-                    None => *bad.borrow_mut() += 1,
+                    None => bad.set(bad.get() + 1),
                 }
                 0
             })
@@ -86,7 +86,7 @@ impl DnsRing {
     }
 
     pub fn undecodable(&self) -> u64 {
-        *self.undecodable.borrow()
+        self.undecodable.get()
     }
 }
 

@@ -56,8 +56,6 @@ pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MA
 pub const DEFAULT_NAT_PEER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
 /// The DNS answer ring buffer's default size in bytes.
 pub const DEFAULT_DNS_RING_BYTES: u32 = types::flowtel_limit::FLOWTEL_DNS_RING_BYTES.0;
-/// Bytes of one DNS payload the kernel hands up; a longer one arrives cut short.
-pub const DNS_CAPTURE_BYTES: u32 = types::flowtel_limit::FLOWTEL_DNS_CAPTURE_BYTES.0;
 
 /// The memory page size, which a ring buffer's size must be a multiple of.
 pub fn page_size() -> u32 {

@@ -31,6 +31,14 @@ struct Stream {
     in_step: bool,
 }
 
+impl Stream {
+    /// Nothing more of this stream can be framed; returns whether it could be until now.
+    fn fall_out_of_step(&mut self) -> bool {
+        self.partial = Vec::new();
+        std::mem::replace(&mut self.in_step, false)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct TcpStreams {
     streams: HashMap<StreamKey, Stream>,
@@ -42,25 +50,15 @@ pub struct TcpStreams {
 impl TcpStreams {
     /// Adds one segment; returns the messages it completed.
     pub fn segment(&mut self, key: StreamKey, seq: u32, payload: &[u8], now: Instant) -> Vec<Vec<u8>> {
-        if !self.streams.contains_key(&key) {
-            self.make_room(now);
-        }
-        let stream = self.streams.entry(key).or_insert(Stream {
-            next_seq: seq,
-            partial: Vec::new(),
-            last: now,
-            in_step: true,
-        });
-        stream.last = now;
+        let stream = self.stream(key, seq, now);
         if !stream.in_step {
             return Vec::new();
         }
         // signed distance from the expected byte: wraps correctly around 2^32
         let ahead = seq.wrapping_sub(stream.next_seq) as i32;
         if ahead > 0 {
-            stream.in_step = false;
-            stream.partial = Vec::new();
-            self.abandoned += 1;
+            let was_in_step = stream.fall_out_of_step();
+            self.abandoned += u64::from(was_in_step);
             return Vec::new();
         }
         // bytes already taken (a retransmission, or one that overlaps): skipped
@@ -88,21 +86,23 @@ impl TcpStreams {
 
     /// Marks a stream out of step: one of its segments could not be read whole.
     pub fn abandon(&mut self, key: StreamKey, now: Instant) {
+        let was_in_step = self.stream(key, 0, now).fall_out_of_step();
+        self.abandoned += u64::from(was_in_step);
+    }
+
+    /// The stream of `key`, seen now; a new one (expecting `seq` next) made room for first.
+    fn stream(&mut self, key: StreamKey, seq: u32, now: Instant) -> &mut Stream {
         if !self.streams.contains_key(&key) {
             self.make_room(now);
         }
         let stream = self.streams.entry(key).or_insert(Stream {
-            next_seq: 0,
+            next_seq: seq,
             partial: Vec::new(),
             last: now,
             in_step: true,
         });
-        if stream.in_step {
-            self.abandoned += 1;
-        }
-        stream.in_step = false;
-        stream.partial = Vec::new();
         stream.last = now;
+        stream
     }
 
     /// Forgets quiet streams, and the quietest one when still full.
