@@ -59,6 +59,7 @@ const volatile __u32 flowtel_cgroup_level = 0;
  * SYN, and every client key names that peer (and the original address); connections that
  * predate the agent to destinations in nat_destinations keep their client port instead. */
 const volatile bool flowtel_nat = false;
+const volatile __u32 flowtel_nat_slot_mask = 0;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -122,16 +123,17 @@ struct {
 } nat_destinations SEC(".maps");
 
 /* The real peer of each live DNATed client connection, by socket cookie: written by the SYN's
- * egress program, read by every later key of the socket, deleted when it is destroyed. Only
+ * egress program, read by every later key of the socket, cleared when it is destroyed. Only
  * DNATed connections (and ones that predate the agent to NAT destinations) have an entry.
- * Preallocated: an entry is made per connection, and a non-preallocated map's allocation costs
- * more than the rest of the connection's BPF time (docs/performance.md). Sized at load (1 when
- * NAT reversal is off). */
+ * An open-addressed table in an array (nat_slot): a slot is taken with one compare-and-swap and
+ * freed with one store, where a hash map's update and delete each took a bucket lock and its
+ * free list (docs/performance.md). Sized at load to a power of two (1 when NAT reversal is
+ * off); flowtel_nat_slot_mask is that size less one. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FLOWTEL_NAT_PEER_ENTRIES);
-	__type(key, __u64);
-	__type(value, struct flowtel_nat_peer);
+	__type(key, __u32);
+	__type(value, struct flowtel_nat_slot);
 } nat_peers SEC(".maps");
 
 /* Source of zeroes for new pair entries: the value is too large for the BPF stack. */
@@ -321,13 +323,69 @@ static __always_inline __u64 cookie_if_any(const struct sock *sk)
 	return sk ? sk->__sk_common.skc_cookie.counter : 0;
 }
 
+/* A cookie's slots in nat_peers: FLOWTEL_NAT_PROBES in a row from its hashed one. Socket cookies
+ * count up, so a burst of connections would otherwise fill one run; the multiplicative hash
+ * spreads them out. */
+static __always_inline __u32 nat_slot_index(__u64 cookie, __u32 probe)
+{
+	return ((__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32) + probe) & flowtel_nat_slot_mask;
+}
+
+/* The slot holding the cookie's entry, or NULL. A slot is only ever written by the socket
+ * whose cookie it holds, under that socket's lock, so a match is that socket's own entry. */
+static __always_inline struct flowtel_nat_slot *nat_slot(__u64 cookie)
+{
+	for (__u32 probe = 0; probe < FLOWTEL_NAT_PROBES; probe++) {
+		__u32 index = nat_slot_index(cookie, probe);
+		struct flowtel_nat_slot *slot = bpf_map_lookup_elem(&nat_peers, &index);
+
+		if (slot && slot->cookie == cookie)
+			return slot;
+	}
+	return NULL;
+}
+
+/* The first free slot of the cookie's run, taken with a compare-and-swap against another socket
+ * taking it at once; NULL when the run is all taken. For a cookie with no slot yet. */
+static __noinline struct flowtel_nat_slot *nat_slot_claim(__u64 cookie)
+{
+	for (__u32 probe = 0; probe < FLOWTEL_NAT_PROBES; probe++) {
+		__u32 index = nat_slot_index(cookie, probe);
+		struct flowtel_nat_slot *slot = bpf_map_lookup_elem(&nat_peers, &index);
+
+		if (slot && !slot->cookie && __sync_val_compare_and_swap(&slot->cookie, 0, cookie) == 0)
+			return slot;
+	}
+	return NULL;
+}
+
+/* The cookie's slot: its own if it has one, else a new one (nat_slot_claim). */
+static __always_inline struct flowtel_nat_slot *nat_slot_take(__u64 cookie)
+{
+	struct flowtel_nat_slot *slot = nat_slot(cookie);
+
+	return slot ? slot : nat_slot_claim(cookie);
+}
+
+/* Frees the cookie's slot, if it has one. */
+static __always_inline void nat_slot_free(__u64 cookie)
+{
+	struct flowtel_nat_slot *slot = cookie ? nat_slot(cookie) : NULL;
+
+	if (slot)
+		slot->cookie = 0;
+}
+
 /* What NAT reversal knows of a client socket, by its cookie; NULL when it is off, for servers,
  * and for the sockets it knows nothing of (nearly all of them, most without a cookie). */
 static __always_inline struct flowtel_nat_peer *nat_peer(__u64 cookie, __u8 role)
 {
+	struct flowtel_nat_slot *slot;
+
 	if (!flowtel_nat || role != FLOWTEL_ROLE_CLIENT || !cookie)
 		return NULL;
-	return bpf_map_lookup_elem(&nat_peers, &cookie);
+	slot = nat_slot(cookie);
+	return slot ? &slot->peer : NULL;
 }
 
 static __noinline void key_from_sock_ops(struct bpf_sock_ops *ctx, struct flowtel_pair_key *key,
@@ -537,12 +595,8 @@ static __always_inline void on_connect(struct bpf_sock_ops *ctx)
 			rep->bytes_received = 0;
 			rep->segs_sent = 0;
 			rep->segs_received = 0;
-			if (flowtel_nat) {
-				__u64 cookie = cookie_if_any((struct sock *)tp);
-
-				if (cookie)
-					bpf_map_delete_elem(&nat_peers, &cookie);
-			}
+			if (flowtel_nat)
+				nat_slot_free(cookie_if_any((struct sock *)tp));
 		}
 	}
 	/* With NAT reversal on, the peer is not known yet: the SYN's egress program names the
@@ -882,9 +936,7 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 
 	if (!bsk)
 		return 1;
-	bsk = bpf_sk_fullsock(bsk);
-	if (!bsk || bsk->protocol != IPPROTO_TCP)
-		return 1;
+	/* NULL for anything but a full TCP socket */
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
@@ -924,23 +976,24 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	 * retransmitted SYN finds its entry already there. */
 	first = !tp->total_retrans;
 	if (dnat) {
-		__u64 cookie = bpf_get_socket_cookie(skb);
+		/* a socket without a cookie yet has no slot to look for */
+		__u64 cookie = cookie_if_any((struct sock *)tp);
+		struct flowtel_nat_slot *slot = cookie ? nat_slot_take(cookie) :
+						nat_slot_claim(bpf_get_socket_cookie(skb));
 
 		__builtin_memcpy(peer.addr, real, 16);
 		peer.port = bpf_ntohs(real_port);
-		if (bpf_map_update_elem(&nat_peers, &cookie, &peer, first ? BPF_ANY : BPF_NOEXIST) == 0) {
+		if (slot) {
+			slot->peer = peer;
 			if (first)
 				count(FLOWTEL_CTR_NAT_REVERSED);
-		} else if (!bpf_map_lookup_elem(&nat_peers, &cookie)) {
+		} else {
 			count(FLOWTEL_CTR_NAT_UNSTORED);
 			peer.port = 0;
 		}
 	} else if (first) {
 		/* only a socket with a cookie can have an entry; most have none */
-		__u64 cookie = cookie_if_any((struct sock *)tp);
-
-		if (cookie)
-			bpf_map_delete_elem(&nat_peers, &cookie);
+		nat_slot_free(cookie_if_any((struct sock *)tp));
 	}
 	/* a retransmitted SYN leaves from a timer, in no process of the connection's */
 	if (!first)
@@ -1092,8 +1145,8 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
-	struct flowtel_nat_peer *nat = NULL;
-	__u64 cookie = 0;
+	struct flowtel_nat_slot *slot = NULL;
+	__u64 cookie;
 
 	if (!in_target_cgroup(sk))
 		return 0;
@@ -1104,11 +1157,11 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 	/* servers have no entry: no cookie is made for them */
 	if (flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT) {
 		cookie = cookie_if_any((struct sock *)tp);
-		nat = nat_peer(cookie, FLOWTEL_ROLE_CLIENT);
+		slot = cookie ? nat_slot(cookie) : NULL;
 	}
-	close_fold(tp, false, nat);
-	if (nat)
-		bpf_map_delete_elem(&nat_peers, &cookie);
+	close_fold(tp, false, slot ? &slot->peer : NULL);
+	if (slot)
+		slot->cookie = 0;
 	return 0;
 }
 
@@ -1236,14 +1289,16 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 		/* First met with no SYN seen (it predates the agent, or this agent's programs): if
 		 * it may be DNATed, user space looks it up in conntrack, by its client port. */
 		if (!nat && !rep->established_counted && nat_destination(&key)) {
-			struct flowtel_nat_peer lookup = { .lookup = 1 };
-			__u64 cookie = bpf_get_socket_cookie(sk);
+			struct flowtel_nat_slot *slot = nat_slot_claim(bpf_get_socket_cookie(sk));
 
-			if (bpf_map_update_elem(&nat_peers, &cookie, &lookup, BPF_NOEXIST) == 0)
+			if (slot) {
+				__builtin_memset(&slot->peer, 0, sizeof(slot->peer));
+				slot->peer.lookup = 1;
 				count(FLOWTEL_CTR_NAT_PREEXISTING);
-			else
+				nat = &slot->peer;
+			} else {
 				count(FLOWTEL_CTR_NAT_UNSTORED);
-			nat = bpf_map_lookup_elem(&nat_peers, &cookie);
+			}
 		}
 		if (nat) {
 			__builtin_memset(&key, 0, sizeof(key));

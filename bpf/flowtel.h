@@ -20,8 +20,12 @@ enum flowtel_limit {
 	FLOWTEL_LISTENER_MAP_ENTRIES = 4096,
 	/* NAT-destination prefixes (ClusterIPs, configured CIDRs). */
 	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
-	/* Live DNATed client connections remembered by default (nat.peer_map_capacity). */
-	FLOWTEL_NAT_PEER_ENTRIES = 16384,
+	/* Slots of nat_peers by default (nat.peer_map_capacity, rounded up to a power of two):
+	 * room for about a quarter as many live DNATed client connections without a miss. */
+	FLOWTEL_NAT_PEER_ENTRIES = 65536,
+	/* Slots a cookie may use in nat_peers, from its hashed one on: a connection whose run is
+	 * all taken is counted (FLOWTEL_CTR_NAT_UNSTORED). */
+	FLOWTEL_NAT_PROBES = 8,
 	/* DNS payload bytes handed up per answer; a longer one is handed up cut short and counted
 	 * by user space (dns_too_long). Covers EDNS(0)'s usual 1232- and 4096-byte limits. */
 	FLOWTEL_DNS_CAPTURE_BYTES = 4096,
@@ -63,8 +67,8 @@ enum flowtel_counter {
 	FLOWTEL_CTR_NO_TCP_SOCK = 4,
 	/* client connections whose SYN showed DNAT: keyed by the real peer, in the kernel */
 	FLOWTEL_CTR_NAT_REVERSED = 5,
-	/* a DNATed SYN whose real peer could not be stored (nat_peers full): the connection stays
-	 * under the address it connected to */
+	/* a DNATed SYN whose real peer could not be stored (its run of nat_peers slots all taken):
+	 * the connection stays under the address it connected to */
 	FLOWTEL_CTR_NAT_UNSTORED = 6,
 	/* connections that predate the agent, to a destination that may be DNATed: keyed with their
 	 * client port for user space's conntrack lookup */
@@ -156,6 +160,13 @@ struct flowtel_nat_peer {
 	/* 1: a connection that predates the agent to a possible DNAT destination, keyed with its
 	 * client port for user space's conntrack lookup */
 	__u16 lookup;
+};
+
+/* One slot of nat_peers: the socket cookie of the connection it holds (0: free) and what NAT
+ * reversal knows of that connection. */
+struct flowtel_nat_slot {
+	__u64 cookie;
+	struct flowtel_nat_peer peer;
 };
 
 struct flowtel_listener_key {

@@ -290,7 +290,8 @@ fn dropped(path: &std::path::Path, reason: &str) -> i64 {
 }
 
 /// With room for one live DNATed connection, a second one open at the same time stays under the
-/// address it connected to, and is counted; nothing of it is lost.
+/// address it connected to, and is counted; nothing of it is lost. Once both have closed, the
+/// room is free again: a third connection is reversed.
 #[test]
 fn a_full_nat_peer_map_is_counted_and_loses_no_bytes() {
     let _serial = serial();
@@ -330,16 +331,24 @@ fn a_full_nat_peer_map_is_counted_and_loses_no_bytes() {
     wait_for("both connections' bytes exported", Duration::from_secs(10), || {
         transmitted(&backend_points(&path, "flowtel.tcp.bytes")) + under_service(&path) == 800
     });
+    let reversed_before_third = reversals(&path, "kernel");
+    let mut third = std::net::TcpStream::connect(V4.service_addr()).expect("third connection");
+    std::io::Write::write_all(&mut third, &[3u8; 700]).expect("write");
+    drop(third);
+    wait_for("the third connection's bytes exported", Duration::from_secs(10), || {
+        transmitted(&backend_points(&path, "flowtel.tcp.bytes")) + under_service(&path) == 1500
+    });
     stop(&mut agent);
     drop(lab);
+    assert_eq!(reversed_before_third, 1);
     assert_eq!(
         transmitted(&backend_points(&path, "flowtel.tcp.bytes")),
-        300,
-        "the first, reversed"
+        1000,
+        "the first and the third, reversed"
     );
     assert_eq!(under_service(&path), 500, "the second, under the service address");
     assert_eq!(dropped(&path, "nat_unstored"), 1);
-    assert_eq!(reversals(&path, "kernel"), 1);
+    assert_eq!(reversals(&path, "kernel"), 2);
 }
 
 /// A connection opened before the agent started: the kernel never saw its SYN, so user space

@@ -118,9 +118,10 @@ pub struct NatSection {
     /// opens, whatever its destination, and connections to these that predate the agent are
     /// looked up in conntrack.
     pub destinations: Vec<ipnet::IpNet>,
-    /// Live DNATed client connections the kernel remembers (preallocated, 24 bytes each plus
-    /// the map's overhead); beyond it a connection stays under the address it connected to,
-    /// counted as dropped (`nat_unstored`).
+    /// Slots for live DNATed client connections in the kernel (rounded up to a power of two,
+    /// 32 bytes each, allocated while NAT reversal is on). Keep it at four times the most such
+    /// connections open at once: a connection that finds no free slot near its own stays under
+    /// the address it connected to, counted as dropped (`nat_unstored`).
     pub peer_map_capacity: u32,
 }
 
@@ -332,6 +333,13 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.nat.peer_map_capacity > crate::sampler::MAX_NAT_PEER_MAP_CAPACITY {
+            return Err(ConfigError::Invalid(format!(
+                "nat.peer_map_capacity = {} is above the maximum of {} slots (512 MiB)",
+                self.nat.peer_map_capacity,
+                crate::sampler::MAX_NAT_PEER_MAP_CAPACITY
+            )));
         }
         if self.flows.max_pairs == 0 {
             return Err(ConfigError::Invalid("flows.max_pairs must be at least 1".into()));
@@ -582,6 +590,10 @@ mod tests {
         );
         let config = Config::load(None, vars(&[("FLOWTEL_NAT__PEER_MAP_CAPACITY", "64")])).expect("a capacity");
         assert_eq!(config.sampler_config().nat_peer_map_capacity, 64);
+        let err = Config::load(None, vars(&[("FLOWTEL_NAT__PEER_MAP_CAPACITY", "16777217")]))
+            .expect_err("more than the most slots");
+        assert_eq!(err.to_string().lines().count(), 1);
+        assert!(err.to_string().contains("above the maximum of 16777216 slots"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 #   integration/bench/bpf_cost.sh [connections per round] [rounds]
 #   ARMS="default nat nat_hit" picks arms (default: "default per_ack_rtt"); the arm "baseline" runs
 #   BASELINE_BIN (say, a build of an earlier commit in a worktree) with its defaults, interleaved
-#   with the others for a before/after comparison.
+#   with the others for a before/after comparison, and "baseline_nat_hit" runs it as nat_hit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -66,7 +66,7 @@ NFT
 measure() {
   local arm=$1 prog=$2 walk=$3 t0 c0 e0 ec0 w0 wc0 t1 c1 e1 ec1 w1 wc1 conns secs rate cpu0=0 cpu1=0
   local churn_env=()
-  [ "$arm" = nat_hit ] && churn_env=(CHURN_PORT="$NAT_PORT" CHURN_CONNECT=127.77.0.1:80)
+  [[ "$arm" == *nat_hit ]] && churn_env=(CHURN_PORT="$NAT_PORT" CHURN_CONNECT=127.77.0.1:80)
   [ -n "$agent_pid" ] && cpu0=$(cpu_of "$agent_pid")
   read -r t0 c0 < <(prog_stats "$prog")
   read -r e0 ec0 < <(prog_stats flowtel_nat_syn)
@@ -99,9 +99,9 @@ for round in $(seq "$ROUNDS"); do
     settings=(FLOWTEL_LOG=info)
     [ "$arm" = per_ack_rtt ] && settings+=(FLOWTEL_SAMPLER__PER_ACK_RTT=true)
     [ "$arm" = nat ] && settings+=('FLOWTEL_NAT__DESTINATIONS=["192.0.2.0/24"]')
-    [ "$arm" = nat_hit ] && settings+=('FLOWTEL_NAT__DESTINATIONS=["127.77.0.0/16"]')
+    [[ "$arm" == *nat_hit ]] && settings+=('FLOWTEL_NAT__DESTINATIONS=["127.77.0.0/16"]')
     bin=$BIN
-    [ "$arm" = baseline ] && bin=${BASELINE_BIN:?"the baseline arm needs BASELINE_BIN"}
+    [[ "$arm" == baseline* ]] && bin=${BASELINE_BIN:?"the baseline arm needs BASELINE_BIN"}
     env "${settings[@]}" "$bin" run 2>"$work/agent.log" &
     agent_pid=$!
     for _ in $(seq 100); do grep -q "sampler attached" "$work/agent.log" && break; sleep 0.1; done
@@ -118,7 +118,7 @@ def fmt(values, digits):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})"
 print("| arm | rounds | conn/s (python churn) | ns per call | calls per connection (both ends) | BPF us per connection | egress calls per connection | egress ns per call | walk us per connection | agent CPU us per connection |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for arm in ["floor", "baseline", "default", "per_ack_rtt", "nat", "nat_hit"]:
+for arm in ["floor", "baseline", "default", "per_ack_rtt", "nat", "baseline_nat_hit", "nat_hit"]:
     r = [x for x in rows if x["arm"] == arm]
     if not r:
         continue

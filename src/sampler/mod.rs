@@ -51,9 +51,12 @@ use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
 /// Pair-map capacity: distinct pairs folded within one poll interval, per inner map. Limits come
 /// from `enum flowtel_limit` in bpf/flowtel.h, their one definition.
 pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MAP_ENTRIES.0;
-/// Live DNATed client connections the kernel remembers by default (nat_peers); beyond it, a
-/// connection stays under the address it connected to (counted: `nat_unstored`).
+/// Slots for live DNATed client connections in the kernel by default (nat_peers), room for about
+/// a quarter as many connections without a miss; a connection that finds no slot stays under
+/// the address it connected to (counted: `nat_unstored`).
 pub const DEFAULT_NAT_PEER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
+/// The most nat_peers slots (32 bytes each: 512 MiB).
+pub const MAX_NAT_PEER_MAP_CAPACITY: u32 = 1 << 24;
 /// The DNS answer ring buffer's default size in bytes.
 pub const DEFAULT_DNS_RING_BYTES: u32 = types::flowtel_limit::FLOWTEL_DNS_RING_BYTES.0;
 
@@ -110,7 +113,8 @@ pub struct SamplerConfig {
     /// changes the list later (Kubernetes ClusterIPs come and go).
     pub nat: bool,
     pub nat_destinations: Vec<ipnet::IpNet>,
-    /// Live DNATed client connections the kernel remembers (nat_peers).
+    /// Slots for live DNATed client connections in the kernel (nat_peers), rounded up to a
+    /// power of two at load.
     pub nat_peer_map_capacity: u32,
     /// DNS capture: answers received by the cgroup's sockets are handed up through a ring
     /// buffer of `dns_ring_bytes` (a power of two, a multiple of the page size).
@@ -255,6 +259,16 @@ impl Sampler {
         rodata.flowtel_cgroup_id = target.id;
         rodata.flowtel_cgroup_level = target.level;
         rodata.flowtel_nat = config.nat;
+        // an open-addressed table indexed by a mask: a power of two (1 when NAT reversal is off)
+        let nat_slots = if config.nat {
+            config
+                .nat_peer_map_capacity
+                .clamp(1, MAX_NAT_PEER_MAP_CAPACITY)
+                .next_power_of_two()
+        } else {
+            1
+        };
+        rodata.flowtel_nat_slot_mask = nat_slots - 1;
         // the egress program runs for every packet the cgroup sends: loaded only when needed
         open.progs.flowtel_nat_syn.set_autoload(config.nat);
         // the ingress program runs for every packet the cgroup receives: likewise
@@ -263,11 +277,8 @@ impl Sampler {
             (&mut open.maps.pairs_a, config.pair_map_capacity),
             (&mut open.maps.pairs_b, config.pair_map_capacity),
             (&mut open.maps.listeners, config.listener_map_capacity),
-            // preallocated: no memory for it unless NAT reversal is on
-            (
-                &mut open.maps.nat_peers,
-                if config.nat { config.nat_peer_map_capacity } else { 1 },
-            ),
+            // an array: no memory for it unless NAT reversal is on
+            (&mut open.maps.nat_peers, nat_slots),
         ];
         // a ring buffer's size is a power of two and a multiple of the page size (checked with
         // the configuration); the smallest one when the capture is off
