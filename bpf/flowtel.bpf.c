@@ -929,6 +929,8 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	struct flowtel_pair_key key = {};
 	struct flowtel_nat_peer peer = {};
 	struct bpf_sock *bsk = skb->sk;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 	struct tcp_sock *tp;
 	__u32 real[4] = {};
 	__be16 real_port = 0;
@@ -940,12 +942,17 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
+	/* The output path has the headers in the packet's linear part, read in place; the helper,
+	 * which copies, is only a fallback. */
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		/* one load: the IPv4 header and, without options, the TCP ports */
-		__u8 h[24];
+		/* the IPv4 header and, without options, the TCP ports */
+		__u8 copy[24], *h = data;
 
-		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
-			return 1;
+		if (data + sizeof(copy) > end) {
+			if (bpf_skb_load_bytes(skb, 0, copy, sizeof(copy)))
+				return 1;
+			h = copy;
+		}
 		__builtin_memcpy(&real[0], &h[16], 4);
 		if ((h[0] & 0xf) == 5)
 			__builtin_memcpy(&real_port, &h[22], 2);
@@ -953,10 +960,15 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 			return 1;
 		dnat = real[0] != bsk->dst_ip4 || real_port != bsk->dst_port;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		__u8 h[44];
+		__u8 copy[44], *h = data;
 
+		if (data + sizeof(copy) > end) {
+			if (bpf_skb_load_bytes(skb, 0, copy, sizeof(copy)))
+				return 1;
+			h = copy;
+		}
 		/* a SYN with IPv6 extension headers is not looked into */
-		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[6] != IPPROTO_TCP)
+		if (h[6] != IPPROTO_TCP)
 			return 1;
 		__builtin_memcpy(real, &h[24], 16);
 		__builtin_memcpy(&real_port, &h[42], 2);
