@@ -73,6 +73,9 @@ for arm in STATS_ARMS:
     if not mine:
         continue
     per_conn = [sum(p["ns"] for p in r["churn_progs"].values()) / r["churn"]["connections"] / 1000 for r in mine]
+    # bpf_stats times add up per program: the same rounds without the DNS capture's ingress program
+    per_conn_no_dns = [sum(p["ns"] for n, p in r["churn_progs"].items() if n != "flowtel_dns")
+                       / r["churn"]["connections"] / 1000 for r in mine]
     calls = [sum(p["calls"] for n, p in r["churn_progs"].items() if n != "flowtel_walk") / r["churn"]["connections"] for r in mine]
     per_mb = [sum(p["ns"] for p in r["bulk_progs"].values()) / (r["bulk_bytes"] / 1e6) for r in mine]
     progs = {}
@@ -93,7 +96,8 @@ for arm in STATS_ARMS:
             "calls_per_connection": spread([r["churn_progs"].get(name, {"calls": 0})["calls"] / r["churn"]["connections"] for r in mine]),
             "us_per_connection": spread([r["churn_progs"].get(name, {"ns": 0})["ns"] / r["churn"]["connections"] / 1000 for r in mine]),
         }
-    kc[arm] = {"bpf_us_per_connection": spread(per_conn), "invocations_per_connection": spread(calls),
+    kc[arm] = {"bpf_us_per_connection": spread(per_conn), "bpf_us_per_connection_without_dns_capture": spread(per_conn_no_dns),
+               "invocations_per_connection": spread(calls),
                "bpf_ns_per_mb_bulk": spread(per_mb), "programs": progs,
                "churn_rate_with_stats": spread([r["churn"]["rate"] for r in mine]),
                "agent_cpu_us_per_connection": spread([r["agent_cpu_ns"] / r["churn"]["connections"] / 1000
@@ -130,7 +134,11 @@ bpf = med(kc["flowtel"]["bpf_us_per_connection"])
 budget.append(("BPF time per short connection", "<= 2.0 us", f"{bpf:.2f} us" if bpf else "-", bpf is not None and bpf <= 2.0))
 if "flowtel_nat" in kc:
     nat = med(kc["flowtel_nat"]["bpf_us_per_connection"])
-    budget.append(("NAT: BPF time per reversed connection", "<= 2.5 us", f"{nat:.2f} us" if nat else "-", nat is not None and nat <= 2.5))
+    nat_own = med(kc["flowtel_nat"]["bpf_us_per_connection_without_dns_capture"])
+    budget.append(("NAT: BPF time per reversed connection, NAT reversal's programs (all but the DNS capture's ingress program)",
+                   "<= 2.5 us", f"{nat_own:.2f} us" if nat_own else "-", nat_own is not None and nat_own <= 2.5))
+    budget.append(("NAT: the same with the DNS capture's ingress program (the default)", "<= 2.5 us",
+                   f"{nat:.2f} us" if nat else "-", nat is not None and nat <= 2.5))
     cpu_nat, cpu_plain = med(kc["flowtel_nat"]["agent_cpu_us_per_connection"]), med(kc["flowtel"]["agent_cpu_us_per_connection"])
     if cpu_nat is not None and cpu_plain is not None:
         extra = cpu_nat - cpu_plain
@@ -183,7 +191,7 @@ L.append(f"{results['date']}, kernel {results['kernel']}, {results['cpus']} CPUs
          f"Reproduce: `integration/bench/run.sh --{mode}`. Medians with (min..max) over {len(rounds)} interleaved rounds.\n")
 L.append("## Budget\n\n| item | target | measured | met |\n|---|---|---|---|")
 for a, b, c, d in budget:
-    L.append(f"| {a} | {b} | {c} | {'yes' if d else ('no' if d is False else 'n/a (quick mode)')} |")
+    L.append(f"| {a} | {b} | {c} | {'yes' if d else ('no' if d is False else 'n/a')} |")
 L.append("\n## Throughput (interleaved arms)\n")
 L.append("| arm | churn conn/s | ratio to none | paired ratio to none | paired ratio to floor | paired ratio to flowtel | iperf3 1 stream Gbit/s | paired | iperf3 4 streams Gbit/s | paired |")
 L.append("|---|---|---|---|---|---|---|---|---|---|")
