@@ -331,8 +331,9 @@ static __always_inline __u32 nat_slot_index(__u64 cookie, __u32 probe)
 	return ((__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32) + probe) & flowtel_nat_slot_mask;
 }
 
-/* The slot holding the cookie's entry, or NULL. A slot is only ever written by the socket
- * whose cookie it holds, under that socket's lock, so a match is that socket's own entry. */
+/* The slot holding the cookie's entry, or NULL. A slot holding a cookie is only ever written
+ * by that cookie's socket, under that socket's lock (another socket can only take a free slot),
+ * so a match is that socket's own entry. */
 static __always_inline struct flowtel_nat_slot *nat_slot(__u64 cookie)
 {
 	for (__u32 probe = 0; probe < FLOWTEL_NAT_PROBES; probe++) {
@@ -367,13 +368,21 @@ static __always_inline struct flowtel_nat_slot *nat_slot_take(__u64 cookie)
 	return slot ? slot : nat_slot_claim(cookie);
 }
 
+/* Gives a slot back. An exchange, not a store: a full barrier, so that this socket's reads of
+ * the slot are done before another socket can take it (a plain store may pass earlier loads on
+ * arm64). */
+static __always_inline void nat_slot_release(struct flowtel_nat_slot *slot)
+{
+	__sync_lock_test_and_set(&slot->cookie, 0);
+}
+
 /* Frees the cookie's slot, if it has one. */
 static __always_inline void nat_slot_free(__u64 cookie)
 {
 	struct flowtel_nat_slot *slot = cookie ? nat_slot(cookie) : NULL;
 
 	if (slot)
-		slot->cookie = 0;
+		nat_slot_release(slot);
 }
 
 /* What NAT reversal knows of a client socket, by its cookie; NULL when it is off, for servers,
@@ -985,7 +994,8 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	}
 	/* A first SYN (no retransmit yet) starts a connection: what an earlier connection of the
 	 * same socket (connect() again after a disconnect) left is replaced or removed. A
-	 * retransmitted SYN finds its entry already there. */
+	 * retransmitted SYN rewrites its entry with the same peer (conntrack keeps the mapping), or
+	 * takes a slot if the first SYN found none. */
 	first = !tp->total_retrans;
 	if (dnat) {
 		/* a socket without a cookie yet has no slot to look for */
@@ -1166,14 +1176,17 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 		count(FLOWTEL_CTR_NO_TCP_SOCK);
 		return 0;
 	}
-	/* servers have no entry: no cookie is made for them */
-	if (flowtel_nat && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT) {
+	/* Only clients' keys name a real peer, but any socket's slot is freed, marked a client or
+	 * not (a walk may have taken one for a socket it could not mark). Most sockets have no
+	 * cookie, so no slot to look for. */
+	if (flowtel_nat) {
 		cookie = cookie_if_any((struct sock *)tp);
 		slot = cookie ? nat_slot(cookie) : NULL;
 	}
-	close_fold(tp, false, slot ? &slot->peer : NULL);
+	close_fold(tp, false,
+		   slot && role_of_flags(tp->bpf_sock_ops_cb_flags) == FLOWTEL_ROLE_CLIENT ? &slot->peer : NULL);
 	if (slot)
-		slot->cookie = 0;
+		nat_slot_release(slot);
 	return 0;
 }
 

@@ -20,8 +20,8 @@ enum flowtel_limit {
 	FLOWTEL_LISTENER_MAP_ENTRIES = 4096,
 	/* NAT-destination prefixes (ClusterIPs, configured CIDRs). */
 	FLOWTEL_NAT_DESTINATION_ENTRIES = 16384,
-	/* Slots of nat_peers by default (nat.peer_map_capacity, rounded up to a power of two):
-	 * room for about a quarter as many live DNATed client connections without a miss. */
+	/* Slots of nat_peers by default (nat.peer_map_capacity, rounded up to a power of two): a
+	 * quarter as many live DNATed client connections make a miss unlikely. */
 	FLOWTEL_NAT_PEER_ENTRIES = 65536,
 	/* Slots a cookie may use in nat_peers, from its hashed one on: a connection whose run is
 	 * all taken is counted (FLOWTEL_CTR_NAT_UNSTORED). */

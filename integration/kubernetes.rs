@@ -331,6 +331,26 @@ fn a_full_nat_peer_map_is_counted_and_loses_no_bytes() {
     wait_for("both connections' bytes exported", Duration::from_secs(10), || {
         transmitted(&backend_points(&path, "flowtel.tcp.bytes")) + under_service(&path) == 800
     });
+    // the first socket's slot is freed when it is destroyed: both client closes folded
+    let client_closes = |path: &std::path::Path| -> i64 {
+        file_exports(path)
+            .last()
+            .map(|e| {
+                e.iter()
+                    .filter(|p| {
+                        p.metric == "flowtel.tcp.connections"
+                            && p.attr("network.tcp.handshake.role") == Some("client")
+                            && p.attr("flowtel.tcp.connection.outcome") == Some("closed")
+                            && [Some(SERVICE_IP), Some(V4.backend)].contains(&p.attr("network.peer.address"))
+                    })
+                    .map(|p| p.value)
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("both client sockets closed", Duration::from_secs(10), || {
+        client_closes(&path) == 2
+    });
     let reversed_before_third = reversals(&path, "kernel");
     let mut third = std::net::TcpStream::connect(V4.service_addr()).expect("third connection");
     std::io::Write::write_all(&mut third, &[3u8; 700]).expect("write");
