@@ -58,18 +58,7 @@ impl Loss {
              add rule inet {LOSS_TABLE} in iifname \"lo\" tcp dport {set} numgen random mod 100 < {percent} drop\n\
              add rule inet {LOSS_TABLE} in iifname \"lo\" tcp sport {set} numgen random mod 100 < {percent} drop\n"
         );
-        let mut nft = Command::new("nft")
-            .arg("-f")
-            .arg("-")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft runs (apt-get install nftables)");
-        nft.stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("nft script");
-        assert!(nft.wait().expect("nft").success(), "nft rejected the loss rules");
+        support::nft_script(&script, "nft rejected the loss rules");
         Loss
     }
 }
