@@ -126,8 +126,8 @@ struct {
  * egress program, read by every later key of the socket, cleared when it is destroyed. Only
  * DNATed connections (and ones that predate the agent to NAT destinations) have an entry.
  * An open-addressed table in an array (nat_slot): a slot is taken with one compare-and-swap and
- * freed with one store, where a hash map's update and delete each took a bucket lock and its
- * free list (docs/performance.md). Sized at load to a power of two (1 when NAT reversal is
+ * given back with one exchange, where a hash map's update and delete each took a bucket lock and
+ * its free list (docs/performance.md). Sized at load to a power of two (1 when NAT reversal is
  * off); flowtel_nat_slot_mask is that size less one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -929,6 +929,18 @@ int flowtel_sockops(struct bpf_sock_ops *ctx)
 	return 1;
 }
 
+/* The packet's first `len` bytes: in place, where the output path has them in the linear part,
+ * else copied into `copy` by the helper; NULL when they cannot be read. */
+static __always_inline __u8 *packet_head(struct __sk_buff *skb, __u8 *copy, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (data + len <= end)
+		return data;
+	return bpf_skb_load_bytes(skb, 0, copy, len) ? NULL : copy;
+}
+
 /* A client's SYN on its way out, after the netfilter output and postrouting hooks: its header
  * names where DNAT sent it, while the socket still names the address the client asked for.
  * Where they differ, the real peer is stored with the socket, where every later key finds it.
@@ -938,8 +950,6 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	struct flowtel_pair_key key = {};
 	struct flowtel_nat_peer peer = {};
 	struct bpf_sock *bsk = skb->sk;
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	struct tcp_sock *tp;
 	__u32 real[4] = {};
 	__be16 real_port = 0;
@@ -951,17 +961,12 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
-	/* The output path has the headers in the packet's linear part, read in place; the helper,
-	 * which copies, is only a fallback. */
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		/* the IPv4 header and, without options, the TCP ports */
-		__u8 copy[24], *h = data;
+		__u8 copy[24], *h = packet_head(skb, copy, sizeof(copy));
 
-		if (data + sizeof(copy) > end) {
-			if (bpf_skb_load_bytes(skb, 0, copy, sizeof(copy)))
-				return 1;
-			h = copy;
-		}
+		if (!h)
+			return 1;
 		__builtin_memcpy(&real[0], &h[16], 4);
 		if ((h[0] & 0xf) == 5)
 			__builtin_memcpy(&real_port, &h[22], 2);
@@ -969,15 +974,10 @@ static __noinline int on_syn_egress(struct __sk_buff *skb)
 			return 1;
 		dnat = real[0] != bsk->dst_ip4 || real_port != bsk->dst_port;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		__u8 copy[44], *h = data;
+		__u8 copy[44], *h = packet_head(skb, copy, sizeof(copy));
 
-		if (data + sizeof(copy) > end) {
-			if (bpf_skb_load_bytes(skb, 0, copy, sizeof(copy)))
-				return 1;
-			h = copy;
-		}
 		/* a SYN with IPv6 extension headers is not looked into */
-		if (h[6] != IPPROTO_TCP)
+		if (!h || h[6] != IPPROTO_TCP)
 			return 1;
 		__builtin_memcpy(real, &h[24], 16);
 		__builtin_memcpy(&real_port, &h[42], 2);
@@ -1168,7 +1168,6 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
 	struct flowtel_nat_slot *slot = NULL;
-	__u64 cookie;
 
 	if (!in_target_cgroup(sk))
 		return 0;
@@ -1180,7 +1179,8 @@ int BPF_PROG(flowtel_destroy, struct sock *sk)
 	 * not (a walk may have taken one for a socket it could not mark). Most sockets have no
 	 * cookie, so no slot to look for. */
 	if (flowtel_nat) {
-		cookie = cookie_if_any((struct sock *)tp);
+		__u64 cookie = cookie_if_any((struct sock *)tp);
+
 		slot = cookie ? nat_slot(cookie) : NULL;
 	}
 	close_fold(tp, false,
@@ -1317,8 +1317,7 @@ int flowtel_walk(struct bpf_iter__tcp *ctx)
 			struct flowtel_nat_slot *slot = nat_slot_claim(bpf_get_socket_cookie(sk));
 
 			if (slot) {
-				__builtin_memset(&slot->peer, 0, sizeof(slot->peer));
-				slot->peer.lookup = 1;
+				slot->peer = (struct flowtel_nat_peer){ .lookup = 1 };
 				count(FLOWTEL_CTR_NAT_PREEXISTING);
 				nat = &slot->peer;
 			} else {
