@@ -51,9 +51,9 @@ use skel::{types, FlowtelSkel, FlowtelSkelBuilder};
 /// Pair-map capacity: distinct pairs folded within one poll interval, per inner map. Limits come
 /// from `enum flowtel_limit` in bpf/flowtel.h, their one definition.
 pub const DEFAULT_PAIR_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_PAIR_MAP_ENTRIES.0;
-/// Slots for live DNATed client connections in the kernel by default (nat_peers), room for about
-/// a quarter as many connections without a miss; a connection that finds no slot stays under
-/// the address it connected to (counted: `nat_unstored`).
+/// Slots for live DNATed client connections in the kernel by default (nat_peers): a quarter as
+/// many live connections make a miss unlikely; a connection that finds no slot stays under the
+/// address it connected to (counted: `nat_unstored`).
 pub const DEFAULT_NAT_PEER_MAP_CAPACITY: u32 = types::flowtel_limit::FLOWTEL_NAT_PEER_ENTRIES.0;
 /// The most nat_peers slots (32 bytes each: 512 MiB).
 pub const MAX_NAT_PEER_MAP_CAPACITY: u32 = 1 << 24;
