@@ -183,6 +183,23 @@ fn backend_points(path: &std::path::Path, metric: &str) -> Vec<FilePoint> {
         .unwrap_or_default()
 }
 
+/// The client-side points of `metric` whose peer is one of `peers`, in the newest export.
+fn client_points(path: &std::path::Path, metric: &str, peers: &[&str]) -> Vec<FilePoint> {
+    file_exports(path)
+        .last()
+        .map(|e| {
+            e.iter()
+                .filter(|p| {
+                    p.metric == metric
+                        && p.attr("network.tcp.handshake.role") == Some("client")
+                        && p.attr("network.peer.address").is_some_and(|a| peers.contains(&a))
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn transmitted(points: &[FilePoint]) -> i64 {
     points
         .iter()
@@ -311,42 +328,17 @@ fn a_full_nat_peer_map_is_counted_and_loses_no_bytes() {
     std::io::Write::write_all(&mut second, &[2u8; 500]).expect("write");
     drop(first);
     drop(second);
-    let under_service = |path: &std::path::Path| -> i64 {
-        file_exports(path)
-            .last()
-            .map(|e| {
-                transmitted(
-                    &e.iter()
-                        .filter(|p| {
-                            p.metric == "flowtel.tcp.bytes"
-                                && p.attr("network.tcp.handshake.role") == Some("client")
-                                && p.attr("network.peer.address") == Some(SERVICE_IP)
-                        })
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .unwrap_or(0)
-    };
+    let under_service = |path: &std::path::Path| transmitted(&client_points(path, "flowtel.tcp.bytes", &[SERVICE_IP]));
     wait_for("both connections' bytes exported", Duration::from_secs(10), || {
         transmitted(&backend_points(&path, "flowtel.tcp.bytes")) + under_service(&path) == 800
     });
     // the first socket's slot is freed when it is destroyed: both client closes folded
     let client_closes = |path: &std::path::Path| -> i64 {
-        file_exports(path)
-            .last()
-            .map(|e| {
-                e.iter()
-                    .filter(|p| {
-                        p.metric == "flowtel.tcp.connections"
-                            && p.attr("network.tcp.handshake.role") == Some("client")
-                            && p.attr("flowtel.tcp.connection.outcome") == Some("closed")
-                            && [Some(SERVICE_IP), Some(V4.backend)].contains(&p.attr("network.peer.address"))
-                    })
-                    .map(|p| p.value)
-                    .sum()
-            })
-            .unwrap_or(0)
+        client_points(path, "flowtel.tcp.connections", &[SERVICE_IP, V4.backend])
+            .iter()
+            .filter(|p| p.attr("flowtel.tcp.connection.outcome") == Some("closed"))
+            .map(|p| p.value)
+            .sum()
     };
     wait_for("both client sockets closed", Duration::from_secs(10), || {
         client_closes(&path) == 2
